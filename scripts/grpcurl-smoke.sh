@@ -190,9 +190,16 @@ output="$(rpc availability availability.v1.AvailabilityService/GetCellAtp \
   '{"cells":[{"sku":"A","locationId":"L1"}]}')" && rc=0 || rc=$?
 expect "availability: GetCellAtp shows 5 - 2 = 3 A at L1" '"atpUnits": "3"' "$output" "$rc"
 
+output="$(rpc availability availability.v1.AvailabilityService/UpsertChannels \
+  '{"channels":[{"channelId":"web","locationIds":["L1"]}]}')" && rc=0 || rc=$?
+expect "availability: UpsertChannels creates channel web" '"upserted": 1' "$output" "$rc"
+
 output="$(rpc sourcing sourcing.v1.SourcingService/SourceOrder \
-  '{"orderId":"o1","lines":[{"sku":"A","quantityUnits":"1"}],"dryRun":true,"allowSplit":true}')" && rc=0 || rc=$?
+  '{"orderId":"o1","channelId":"web","lines":[{"sku":"A","quantityUnits":"1"}],"dryRun":true,"allowSplit":true}')" && rc=0 || rc=$?
 expect "sourcing: SourceOrder (dry run) picks L1" '"locationId": "L1"' "$output" "$rc"
+
+output="$(rpc replenishment replenishment.v1.ReplenishmentService/ListAlerts '{}')" && rc=0 || rc=$?
+expect "replenishment: ListAlerts succeeds" '' "$output" "$rc"
 
 output="$(rpc replenishment replenishment.v1.ReplenishmentService/RunReplenishment '{}')" && rc=0 || rc=$?
 expect "replenishment: RunReplenishment succeeds" '' "$output" "$rc"

@@ -1,0 +1,256 @@
+//! The counter engine: the live on_hand / held / committed / safety counters of every cell, the live
+//! holds and the open commitments. Every change is one atomic step: a Redis Lua script
+//! ([`redis_engine`]) or, on the embedded default, one critical section of the in-process engine
+//! ([`memory`]) with exactly the same rules, proven by the conformance suite in `tests/`.
+//!
+//! Rules both engines enforce: a reserve holds every line or none, lines naming the same cell are
+//! summed first (invariants 1, 6); an expired hold is never counted and never confirmable, because
+//! expired holds are purged at the start of every step that touches their SKU (invariant 3);
+//! holds and commitments only move between held, committed and free, never touching on_hand
+//! (invariant 5).
+pub mod memory;
+pub mod redis_engine;
+
+use std::sync::Arc;
+
+pub use memory::{Clock, ManualClock, MemoryEngine, SystemClock};
+pub use redis_engine::RedisEngine;
+
+/// One (SKU, location) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cell {
+    pub sku: String,
+    pub location: String,
+}
+
+impl Cell {
+    /// Builds a cell from its SKU and location.
+    pub fn new(sku: impl Into<String>, location: impl Into<String>) -> Self {
+        Self { sku: sku.into(), location: location.into() }
+    }
+}
+
+/// The live counters of one cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CellCounters {
+    pub on_hand: i64,
+    pub held: i64,
+    pub committed: i64,
+    pub safety: i64,
+}
+
+impl CellCounters {
+    /// Returns ATP = on_hand − held − committed − safety, unclamped.
+    pub fn atp(&self) -> i64 {
+        self.on_hand - self.held - self.committed - self.safety
+    }
+}
+
+/// Units of one cell in a multi-line request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellUnits {
+    pub cell: Cell,
+    pub units: i64,
+}
+
+/// A cell that could not cover its (summed) demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub cell: Cell,
+    pub requested: i64,
+    pub available: i64,
+}
+
+/// What a reserve did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Every line is held until `expires_at_ms` (engine clock).
+    Held { expires_at_ms: i64 },
+    /// This reservation id already holds or committed these cells: nothing changed.
+    AlreadyExists { expires_at_ms: i64 },
+    /// At least one cell is short: nothing changed.
+    Insufficient { shortages: Vec<Shortage> },
+}
+
+/// What a confirm did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    Confirmed { now_ms: i64 },
+    AlreadyConfirmed { now_ms: i64 },
+    /// No live hold: expired, released or lost. Nothing changed.
+    HoldMissing { now_ms: i64 },
+}
+
+/// Units a release returned to ATP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Released {
+    pub hold_units: i64,
+    pub committed_units: i64,
+}
+
+/// What a reservation has left in the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldState {
+    pub live_cells: usize,
+    pub committed_cells: usize,
+    pub earliest_deadline_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A physical change computed by the durable ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhysicalChange {
+    pub cell: Cell,
+    /// The cell's new absolute on_hand.
+    pub on_hand: i64,
+    /// The ledger position's version; an older version never overwrites a newer one.
+    pub version: i64,
+    /// A shipment fulfilling this reservation's commitment by up to this many units.
+    pub fulfil: Option<(String, i64)>,
+}
+
+/// The counters after a physical change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysicalOutcome {
+    pub counters: CellCounters,
+    pub fulfilled_units: i64,
+}
+
+/// A live hold or open commitment of one reservation on one cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub reservation_id: String,
+    pub location: String,
+    pub units: i64,
+    /// Holds only: the absolute deadline (engine clock, ms).
+    pub deadline_ms: i64,
+}
+
+/// Everything the engine knows about one SKU (after purging expired holds).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SkuSnapshot {
+    pub sku: String,
+    pub cells: Vec<(String, CellCounters)>,
+    pub holds: Vec<Entry>,
+    pub commitments: Vec<Entry>,
+}
+
+/// Why the engine could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("counter store unavailable: {0}")]
+    Unavailable(#[from] redis::RedisError),
+    #[error("counter script returned an unexpected reply: {0}")]
+    Protocol(String),
+}
+
+pub type CounterResult<T> = Result<T, CounterError>;
+
+/// The engine a service talks to: Redis in production, in-process on the embedded default.
+#[derive(Clone)]
+pub enum CounterEngine {
+    Memory(Arc<MemoryEngine>),
+    Redis(RedisEngine),
+}
+
+impl CounterEngine {
+    /// Returns "embedded" or "redis".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "embedded",
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Reads cells (expired holds purged first).
+    pub async fn read_cells(&self, cells: &[Cell]) -> CounterResult<Vec<CellCounters>> {
+        let skus = unique_skus(cells.iter().map(|c| &c.sku));
+        let snapshots = self.snapshot(&skus).await?;
+        Ok(cells
+            .iter()
+            .map(|cell| {
+                snapshots
+                    .iter()
+                    .find(|s| s.sku == cell.sku)
+                    .and_then(|s| s.cells.iter().find(|(loc, _)| *loc == cell.location))
+                    .map(|(_, counters)| *counters)
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// Returns cells, holds and commitments of each SKU (expired holds purged first).
+    pub async fn snapshot(&self, skus: &[String]) -> CounterResult<Vec<SkuSnapshot>> {
+        match self {
+            Self::Memory(m) => Ok(m.snapshot(skus)),
+            Self::Redis(r) => r.snapshot(skus).await,
+        }
+    }
+
+    /// Applies a physical change computed by the ledger.
+    pub async fn apply_physical(&self, change: &PhysicalChange) -> CounterResult<PhysicalOutcome> {
+        match self {
+            Self::Memory(m) => Ok(m.apply_physical(change)),
+            Self::Redis(r) => r.apply_physical(change).await,
+        }
+    }
+
+    /// Sets a cell's safety units.
+    pub async fn set_safety(&self, cell: &Cell, safety: i64) -> CounterResult<CellCounters> {
+        match self {
+            Self::Memory(m) => Ok(m.set_safety(cell, safety)),
+            Self::Redis(r) => r.set_safety(cell, safety).await,
+        }
+    }
+
+    /// Holds every line for `ttl_ms` or nothing.
+    pub async fn reserve(&self, reservation_id: &str, lines: &[CellUnits], ttl_ms: u64) -> CounterResult<ReserveOutcome> {
+        match self {
+            Self::Memory(m) => Ok(m.reserve(reservation_id, lines, ttl_ms)),
+            Self::Redis(r) => r.reserve(reservation_id, lines, ttl_ms).await,
+        }
+    }
+
+    /// Turns a live hold on every cell into a commitment, or changes nothing.
+    pub async fn confirm(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<ConfirmOutcome> {
+        match self {
+            Self::Memory(m) => Ok(m.confirm(reservation_id, cells)),
+            Self::Redis(r) => r.confirm(reservation_id, cells).await,
+        }
+    }
+
+    /// Returns the reservation's live hold and unshipped commitment units on these cells.
+    pub async fn release(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<Released> {
+        match self {
+            Self::Memory(m) => Ok(m.release(reservation_id, cells)),
+            Self::Redis(r) => r.release(reservation_id, cells).await,
+        }
+    }
+
+    /// Tells what the reservation still has on these cells (expired holds purged first).
+    pub async fn hold_state(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<HoldState> {
+        match self {
+            Self::Memory(m) => Ok(m.hold_state(reservation_id, cells)),
+            Self::Redis(r) => r.hold_state(reservation_id, cells).await,
+        }
+    }
+
+    /// Lists every SKU that has counters.
+    pub async fn all_skus(&self) -> CounterResult<Vec<String>> {
+        match self {
+            Self::Memory(m) => Ok(m.all_skus()),
+            Self::Redis(r) => r.all_skus().await,
+        }
+    }
+}
+
+/// Returns the distinct SKUs in first-seen order.
+pub(crate) fn unique_skus<'a>(skus: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for sku in skus {
+        if !out.contains(sku) {
+            out.push(sku.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,34 @@
+-- physical.lua: applies a physical change to one cell: on_hand becomes an absolute value computed by
+-- the durable ledger (only if its version is newer than the cell's, so late replies never roll
+-- back), and a shipment naming a reservation moves up to `units` of its commitment to shipped.
+-- KEYS: 4 (one SKU group).  ARGV: [1] location, [2] on_hand, [3] version, [4] reservation id or '',
+-- [5] units to fulfil.
+-- Returns {on_hand, held, committed, safety, fulfilled_units}.
+local loc, on_hand, version = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local reservation_id, fulfil_units = ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+purge_all_groups(now)
+
+local cells = key_of(1, 1)
+local current_version = tonumber(redis.call('HGET', cells, 'v:' .. loc) or '-1')
+if version > current_version then
+  redis.call('HSET', cells, 'oh:' .. loc, on_hand, 'v:' .. loc, version)
+end
+
+local fulfilled = 0
+if reservation_id ~= '' and fulfil_units > 0 then
+  local member = reservation_id .. '|' .. loc
+  local remaining = tonumber(redis.call('HGET', key_of(1, 4), member) or '0')
+  fulfilled = math.min(remaining, fulfil_units)
+  if fulfilled > 0 then
+    redis.call('HINCRBY', cells, 'c:' .. loc, -fulfilled)
+    if remaining - fulfilled == 0 then
+      redis.call('HDEL', key_of(1, 4), member)
+    else
+      redis.call('HSET', key_of(1, 4), member, remaining - fulfilled)
+    end
+  end
+end
+
+local v = redis.call('HMGET', cells, 'oh:' .. loc, 'h:' .. loc, 'c:' .. loc, 's:' .. loc)
+return { tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), fulfilled }

@@ -1,0 +1,13 @@
+//! Shared kit of every Inventory Mesh service: layered configuration, telemetry, graceful
+//! shutdown, the gRPC server (health, reflection v1 + v1alpha, tracing layer), outgoing call
+//! context (trace context and shrinking deadlines), and the one error → `Status` mapping.
+pub mod call;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use call::CallContext;
+pub use error::{ErrorKind, ServiceError, invalid_argument, to_status};

@@ -1,0 +1,242 @@
+//! The ReservationService gRPC handlers: decode and validate → [`Reservations`] → encode.
+use std::collections::{BTreeMap, HashMap};
+
+use mesh_counters::{Cell, CellUnits};
+use mesh_proto::{
+    common::v1::{CellRef, CounterDifference},
+    reservation::v1::{self as pb, reservation_service_server::ReservationService},
+};
+use service_kit::{error::validate_id, invalid_argument};
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use crate::{
+    domain::{NewReservation, Status, normalise_lines},
+    error::{ReservationError, ReservationResult},
+    service::Reservations,
+    store::StoredReservation,
+};
+
+/// Most lines one reservation may have.
+pub const MAX_LINES: usize = 100;
+
+/// The reservation service.
+#[derive(Clone)]
+pub struct ReservationApi {
+    reservations: Reservations,
+    default_ttl_ms: u64,
+    max_ttl_ms: u64,
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn status_code(status: Status) -> i32 {
+    match status {
+        Status::Pending => pb::ReservationStatus::Unspecified as i32,
+        Status::Held => pb::ReservationStatus::Held as i32,
+        Status::Confirmed => pb::ReservationStatus::Confirmed as i32,
+        Status::Released => pb::ReservationStatus::Released as i32,
+        Status::Expired => pb::ReservationStatus::Expired as i32,
+        Status::Rejected => pb::ReservationStatus::Rejected as i32,
+    }
+}
+
+/// Encodes a stored reservation.
+pub fn to_wire(r: &StoredReservation) -> pb::Reservation {
+    pb::Reservation {
+        reservation_id: r.reservation_id.clone(),
+        order_id: r.order_id.clone(),
+        status: status_code(r.status),
+        lines: r
+            .lines
+            .iter()
+            .map(|l| pb::ReservationLine { sku: l.cell.sku.clone(), location_id: l.cell.location.clone(), quantity_units: l.units })
+            .collect(),
+        expires_at: (r.expires_at_ms > 0).then(|| timestamp(r.expires_at_ms)),
+        channel_id: r.channel_id.clone(),
+        released_units: r.released_units,
+        history: r
+            .history
+            .iter()
+            .map(|(status, at, reason)| pb::StatusChange { status: status_code(*status), at: Some(timestamp(*at)), reason: reason.clone() })
+            .collect(),
+    }
+}
+
+impl ReservationApi {
+    /// Builds the handlers.
+    pub fn new(reservations: Reservations, default_ttl_ms: u64, max_ttl_ms: u64) -> Self {
+        Self { reservations, default_ttl_ms, max_ttl_ms }
+    }
+
+    fn parse_create(&self, request: &pb::CreateReservationRequest) -> Result<NewReservation, GrpcStatus> {
+        validate_id("reservation_id", &request.reservation_id)?;
+        if !request.order_id.is_empty() {
+            validate_id("order_id", &request.order_id)?;
+        }
+        if !request.channel_id.is_empty() {
+            validate_id("channel_id", &request.channel_id)?;
+        }
+        if request.lines.is_empty() {
+            return Err(invalid_argument("lines", "must not be empty"));
+        }
+        if request.lines.len() > MAX_LINES {
+            return Err(invalid_argument("lines", &format!("must hold at most {MAX_LINES} lines")));
+        }
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            validate_id(&format!("lines[{i}].sku"), &line.sku)?;
+            validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
+            if !(1..=1_000_000_000).contains(&line.quantity_units) {
+                return Err(invalid_argument(&format!("lines[{i}].quantity_units"), "must be between 1 and 1000000000"));
+            }
+            lines.push(CellUnits { cell: Cell::new(&line.sku, &line.location_id), units: line.quantity_units });
+        }
+        let ttl_ms = if request.ttl_ms == 0 { self.default_ttl_ms } else { request.ttl_ms };
+        if ttl_ms > self.max_ttl_ms {
+            return Err(invalid_argument("ttl_ms", &format!("must be at most {} (the configured maximum hold)", self.max_ttl_ms)));
+        }
+        Ok(NewReservation {
+            reservation_id: request.reservation_id.clone(),
+            order_id: request.order_id.clone(),
+            channel_id: request.channel_id.clone(),
+            lines: normalise_lines(lines),
+            ttl_ms,
+        })
+    }
+
+    /// Compares the counters with the holds and commitments they are made of, and both with the
+    /// durable records. Run it while the mesh is quiet: a reservation between its counter step and
+    /// its record shows up as a difference.
+    pub async fn reconcile(&self) -> ReservationResult<pb::ReconcileCountersResponse> {
+        let engine = &self.reservations.engine;
+        let skus = engine.all_skus().await?;
+        let mut differences = Vec::new();
+        let mut cells_checked = 0u64;
+        let mut live_holds: BTreeMap<(String, Cell), i64> = BTreeMap::new();
+        let mut commitments: BTreeMap<(String, Cell), i64> = BTreeMap::new();
+        let mut diff = |cell: &Cell, field: &str, counter_value: i64, expected_value: i64, detail: String| {
+            differences.push(CounterDifference {
+                cell: Some(CellRef { sku: cell.sku.clone(), location_id: cell.location.clone() }),
+                field: field.into(),
+                counter_value,
+                expected_value,
+                detail,
+            });
+        };
+        for chunk in skus.chunks(100) {
+            for snapshot in engine.snapshot(chunk).await? {
+                for (location, counters) in &snapshot.cells {
+                    cells_checked += 1;
+                    let cell = Cell::new(&snapshot.sku, location);
+                    let held: i64 = snapshot.holds.iter().filter(|h| h.location == *location).map(|h| h.units).sum();
+                    let committed: i64 = snapshot.commitments.iter().filter(|c| c.location == *location).map(|c| c.units).sum();
+                    if counters.held != held {
+                        diff(&cell, "held", counters.held, held, "held counter differs from the sum of live holds".into());
+                    }
+                    if counters.committed != committed {
+                        diff(&cell, "committed", counters.committed, committed, "committed counter differs from the sum of open commitments".into());
+                    }
+                    if counters.held < 0 || counters.committed < 0 {
+                        diff(&cell, "negative", counters.held.min(counters.committed), 0, "a demand counter is negative".into());
+                    }
+                }
+                for hold in &snapshot.holds {
+                    live_holds.insert((hold.reservation_id.clone(), Cell::new(&snapshot.sku, &hold.location)), hold.units);
+                }
+                for commitment in &snapshot.commitments {
+                    commitments.insert((commitment.reservation_id.clone(), Cell::new(&snapshot.sku, &commitment.location)), commitment.units);
+                }
+            }
+        }
+        let now = engine.hold_state("reconcile", &[]).await?.now_ms;
+        let records = self.reservations.store.lines_in_status(&[Status::Held, Status::Confirmed, Status::Pending]).await?;
+        let mut reservations_checked: HashMap<String, ()> = HashMap::new();
+        for (reservation_id, status, deadline, line) in &records {
+            reservations_checked.insert(reservation_id.clone(), ());
+            let key = (reservation_id.clone(), line.cell.clone());
+            match status {
+                // Holds within a second of their deadline may expire while we look.
+                Status::Held if (deadline - now).abs() < 1000 => {
+                    live_holds.remove(&key);
+                }
+                Status::Held if *deadline > now => match live_holds.remove(&key) {
+                    Some(units) if units == line.units => {}
+                    found => diff(&line.cell, "hold_record", found.unwrap_or(0), line.units, format!("held reservation {reservation_id} differs from its live hold")),
+                },
+                Status::Confirmed => {
+                    if let Some(units) = commitments.remove(&key) {
+                        if units > line.units {
+                            diff(&line.cell, "commitment_record", units, line.units, format!("commitment of {reservation_id} exceeds its confirmed line"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ((reservation_id, cell), units) in live_holds {
+            diff(&cell, "hold_record", units, 0, format!("live hold {reservation_id} has no held record"));
+        }
+        for ((reservation_id, cell), units) in commitments {
+            diff(&cell, "commitment_record", units, 0, format!("commitment {reservation_id} has no confirmed record"));
+        }
+        Ok(pb::ReconcileCountersResponse { cells_checked, reservations_checked: reservations_checked.len() as u64, differences })
+    }
+}
+
+fn release_reason(reason: i32) -> &'static str {
+    match pb::ReleaseReason::try_from(reason) {
+        Ok(pb::ReleaseReason::PaymentFailed) => "payment failed",
+        Ok(pb::ReleaseReason::RefundedBeforeShip) => "refunded before ship",
+        Ok(pb::ReleaseReason::Abandoned) => "abandoned",
+        _ => "cancelled",
+    }
+}
+
+#[tonic::async_trait]
+impl ReservationService for ReservationApi {
+    #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
+    async fn create_reservation(&self, request: Request<pb::CreateReservationRequest>) -> Result<Response<pb::CreateReservationResponse>, GrpcStatus> {
+        let new = self.parse_create(request.get_ref())?;
+        let reservation = self.reservations.create(&new).await?;
+        Ok(Response::new(pb::CreateReservationResponse { reservation: Some(to_wire(&reservation)) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
+    async fn confirm_reservation(&self, request: Request<pb::ConfirmReservationRequest>) -> Result<Response<pb::ConfirmReservationResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        validate_id("reservation_id", &request.reservation_id)?;
+        let occurred_at_ms = request.occurred_at.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+        let confirmed = self.reservations.confirm(&request.reservation_id, occurred_at_ms).await?;
+        Ok(Response::new(pb::ConfirmReservationResponse {
+            reservation: Some(to_wire(&confirmed.reservation)),
+            already_confirmed: confirmed.already_confirmed,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
+    async fn release_reservation(&self, request: Request<pb::ReleaseReservationRequest>) -> Result<Response<pb::ReleaseReservationResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        validate_id("reservation_id", &request.reservation_id)?;
+        let (reservation, released_units) = self.reservations.release(&request.reservation_id, release_reason(request.reason)).await?;
+        Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(to_wire(&reservation)), released_units }))
+    }
+
+    async fn get_reservation(&self, request: Request<pb::GetReservationRequest>) -> Result<Response<pb::GetReservationResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        validate_id("reservation_id", &request.reservation_id)?;
+        let reservation = self
+            .reservations
+            .store
+            .get(&request.reservation_id)
+            .await
+            .map_err(ReservationError::from)?
+            .ok_or_else(|| ReservationError::NotFound(request.reservation_id.clone()))?;
+        Ok(Response::new(pb::GetReservationResponse { reservation: Some(to_wire(&reservation)) }))
+    }
+
+    async fn reconcile_counters(&self, _request: Request<pb::ReconcileCountersRequest>) -> Result<Response<pb::ReconcileCountersResponse>, GrpcStatus> {
+        Ok(Response::new(self.reconcile().await?))
+    }
+}

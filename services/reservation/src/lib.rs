@@ -1,0 +1,74 @@
+//! The reservation service: holds and commitments. Every unit is committed to exactly one buyer:
+//! a multi-line reserve is one atomic counter step (Lua script or in-process critical section),
+//! idempotent by reservation id, recorded durably before the reply.
+//!
+//! - [`domain`]: lines, body digest, status machine (no I/O).
+//! - [`service`]: create / confirm / release / sweep over the store and the counters.
+//! - [`store`]: reservations, lines and history (sea-orm); [`migration`]: its tables.
+//! - [`api`]: gRPC handlers and the reconcile check; [`demand`]: confirmed demand → replenishment.
+pub mod api;
+pub mod demand;
+pub mod domain;
+pub mod error;
+pub mod migration;
+pub mod service;
+pub mod store;
+
+use std::time::Duration;
+
+use mesh_counters::CounterEngine;
+use mesh_proto::reservation::v1::reservation_service_server::ReservationServiceServer;
+use sea_orm::DatabaseConnection;
+use service_kit::{config::Settings, grpc::ServiceRoutes};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+
+/// The gRPC service name health reports on.
+pub const SERVICE_NAME: &str = "reservation.v1.ReservationService";
+
+/// Builds the service's routes and starts its sweeper (and the demand feed when a replenishment
+/// peer is configured) on `tracker`, stopping on `shutdown`.
+///
+/// # Errors
+/// The replenishment peer address is not a valid URI.
+pub fn routes(
+    settings: &Settings,
+    db: DatabaseConnection,
+    engine: CounterEngine,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<ServiceRoutes, tonic::transport::Error> {
+    let demand = if settings.peers.replenishment.is_empty() {
+        None
+    } else {
+        let channel = service_kit::grpc::peer_channel(&settings.peers.replenishment, &settings.peers)?;
+        Some(demand::DemandSender::start(channel, settings.peers.call_timeout, tracker, shutdown.clone()))
+    };
+    let reservations = service::Reservations::new(store::ReservationStore::new(db), engine, demand);
+    spawn_sweeper(reservations.clone(), settings.reservation.sweep_interval, tracker, shutdown);
+    let api = api::ReservationApi::new(
+        reservations,
+        settings.reservation.default_hold_ttl.as_millis() as u64,
+        settings.reservation.max_hold_ttl.as_millis() as u64,
+    );
+    Ok(ServiceRoutes { routes: Routes::new(ReservationServiceServer::new(api)), service_names: vec![SERVICE_NAME] })
+}
+
+/// Records expired holds durably every `interval` (expiry itself is exact without it).
+fn spawn_sweeper(reservations: service::Reservations, interval: Duration, tracker: &TaskTracker, shutdown: CancellationToken) {
+    tracker.spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            match reservations.sweep().await {
+                Ok(0) => {}
+                Ok(settled) => tracing::debug!(settled, "sweeper settled reservations"),
+                Err(error) => tracing::warn!(%error, "sweep failed; retrying next tick"),
+            }
+        }
+    });
+}

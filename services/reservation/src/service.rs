@@ -1,0 +1,203 @@
+//! The reservation rules with I/O: claim the id durably, run the counter step, record the outcome.
+//! Order of writes: the PENDING claim (idempotency arbiter) → the atomic counter step → the final
+//! status, all before the reply. A confirm or release is recorded durably before it is answered.
+use std::time::Duration;
+
+use mesh_counters::{Cell, ConfirmOutcome, CounterEngine, ReserveOutcome};
+
+use crate::{
+    demand::DemandSender,
+    domain::{NewReservation, Status},
+    error::{ReservationError, ReservationResult},
+    store::{ReservationStore, StoredReservation},
+};
+
+/// The reservation service's logic, shared by the gRPC handlers and the sweeper.
+#[derive(Clone)]
+pub struct Reservations {
+    pub(crate) store: ReservationStore,
+    pub(crate) engine: CounterEngine,
+    pub(crate) demand: Option<DemandSender>,
+}
+
+/// What a confirm found.
+pub struct Confirmed {
+    pub reservation: StoredReservation,
+    pub already_confirmed: bool,
+}
+
+impl Reservations {
+    /// Builds the logic over its store, the counters and an optional demand feed.
+    pub fn new(store: ReservationStore, engine: CounterEngine, demand: Option<DemandSender>) -> Self {
+        Self { store, engine, demand }
+    }
+
+    async fn load(&self, reservation_id: &str) -> ReservationResult<StoredReservation> {
+        self.store.get(reservation_id).await?.ok_or_else(|| ReservationError::NotFound(reservation_id.to_owned()))
+    }
+
+    /// Replays the first answer for an existing reservation id.
+    fn replay(existing: StoredReservation, new: &NewReservation) -> ReservationResult<StoredReservation> {
+        if existing.body_hash != new.body_hash() {
+            return Err(ReservationError::AlreadyExists(new.reservation_id.clone()));
+        }
+        match existing.status {
+            Status::Pending => Err(ReservationError::InProgress(new.reservation_id.clone())),
+            Status::Rejected => Err(ReservationError::refused("INSUFFICIENT_STOCK", existing.detail)),
+            _ => Ok(existing),
+        }
+    }
+
+    /// Holds every line or none; idempotent by reservation id.
+    pub async fn create(&self, new: &NewReservation) -> ReservationResult<StoredReservation> {
+        if !self.store.claim(new).await? {
+            // Someone owns this id: wait briefly for its answer, then replay it.
+            for _ in 0..50 {
+                let existing = self.load(&new.reservation_id).await?;
+                if existing.status != Status::Pending || existing.body_hash != new.body_hash() {
+                    return Self::replay(existing, new);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return Err(ReservationError::InProgress(new.reservation_id.clone()));
+        }
+        let outcome = match self.engine.reserve(&new.reservation_id, &new.lines, new.ttl_ms).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The counter step did not run (or its effect is unknown: the sweeper then finds
+                // the stale claim and settles it from the engine's state).
+                if let Err(drop_error) = self.store.drop_claim(&new.reservation_id).await {
+                    tracing::warn!(error = %drop_error, "could not drop the claim of a failed reserve");
+                }
+                return Err(error.into());
+            }
+        };
+        match outcome {
+            ReserveOutcome::Held { expires_at_ms } | ReserveOutcome::AlreadyExists { expires_at_ms } => {
+                self.store.transition(&new.reservation_id, &[Status::Pending], Status::Held, "held", Some(expires_at_ms), 0, None).await?;
+                self.load(&new.reservation_id).await
+            }
+            ReserveOutcome::Insufficient { shortages } => {
+                let error = ReservationError::InsufficientStock(shortages);
+                let detail = error.to_string();
+                let detail = detail.trim_start_matches("INSUFFICIENT_STOCK: ");
+                self.store.transition(&new.reservation_id, &[Status::Pending], Status::Rejected, "insufficient stock", None, 0, Some(detail)).await?;
+                tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
+                Err(error)
+            }
+        }
+    }
+
+    /// Turns a live hold into a commitment; a second confirm is answered as already confirmed.
+    pub async fn confirm(&self, reservation_id: &str, occurred_at_ms: Option<i64>) -> ReservationResult<Confirmed> {
+        let reservation = self.load(reservation_id).await?;
+        match reservation.status {
+            Status::Confirmed => return Ok(Confirmed { reservation, already_confirmed: true }),
+            Status::Held => {}
+            Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
+            status => return Err(ended(reservation_id, status)),
+        }
+        let outcome = self.engine.confirm(reservation_id, &reservation.cells()).await?;
+        match outcome {
+            ConfirmOutcome::Confirmed { .. } => {
+                self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+                if let Some(demand) = &self.demand {
+                    demand.send(&reservation, occurred_at_ms).await;
+                }
+                Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: false })
+            }
+            ConfirmOutcome::AlreadyConfirmed { .. } => {
+                // A concurrent confirm won the counter step; make sure the record says so.
+                self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+                Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true })
+            }
+            ConfirmOutcome::HoldMissing { now_ms } => {
+                if now_ms >= reservation.expires_at_ms {
+                    self.store.transition(reservation_id, &[Status::Held], Status::Expired, "expired before confirm", None, 0, None).await?;
+                    return Err(ReservationError::refused("HOLD_EXPIRED", format!("hold {reservation_id} expired before it was confirmed")));
+                }
+                // Released by a concurrent call (its record may trail by a moment), or lost with
+                // the counter store's data: either way, never confirmable.
+                for _ in 0..10 {
+                    let current = self.load(reservation_id).await?;
+                    if current.status != Status::Held {
+                        return match current.status {
+                            Status::Confirmed => Ok(Confirmed { reservation: current, already_confirmed: true }),
+                            status => Err(ended(reservation_id, status)),
+                        };
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(ReservationError::refused("HOLD_LOST", format!("hold {reservation_id} is not in the counter store")))
+            }
+        }
+    }
+
+    /// Ends a reservation: a live hold returns its units, a confirmed one its unshipped units.
+    /// Releasing an ended reservation changes nothing and returns 0 units.
+    pub async fn release(&self, reservation_id: &str, reason: &str) -> ReservationResult<(StoredReservation, i64)> {
+        let reservation = self.load(reservation_id).await?;
+        let from = match reservation.status {
+            Status::Held => Status::Held,
+            Status::Confirmed => Status::Confirmed,
+            Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
+            _ => return Ok((reservation, 0)),
+        };
+        let released = self.engine.release(reservation_id, &reservation.cells()).await?;
+        let units = released.hold_units + released.committed_units;
+        if from == Status::Confirmed && units == 0 {
+            return Err(ReservationError::refused("FULLY_SHIPPED", format!("reservation {reservation_id} has no unshipped units to release")));
+        }
+        let to = if from == Status::Held && units == 0 { Status::Expired } else { Status::Released };
+        let moved = self.store.transition(reservation_id, &[from], to, reason, None, units, None).await?;
+        if !moved {
+            // A concurrent call ended it first; report what is recorded.
+            return Ok((self.load(reservation_id).await?, 0));
+        }
+        Ok((self.load(reservation_id).await?, units))
+    }
+
+    /// Records holds whose deadline passed as EXPIRED and settles stale claims. Returns how many
+    /// reservations it settled.
+    pub async fn sweep(&self) -> ReservationResult<usize> {
+        let now = crate::store::now_ms();
+        let mut settled = 0;
+        for reservation_id in self.store.held_past_deadline(now, 500).await? {
+            let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
+            let cells: Vec<Cell> = reservation.cells();
+            let state = self.engine.hold_state(&reservation_id, &cells).await?;
+            if state.live_cells > 0 {
+                continue; // not expired yet by the counter store's clock
+            }
+            if state.committed_cells == cells.len() {
+                // Confirmed in the counters but the record was not written (crash): record it.
+                self.store.transition(&reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None).await?;
+            } else {
+                self.store.transition(&reservation_id, &[Status::Held], Status::Expired, "expired", None, 0, None).await?;
+            }
+            settled += 1;
+        }
+        for reservation_id in self.store.stale_claims(now - 30_000, 100).await? {
+            let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
+            let state = self.engine.hold_state(&reservation_id, &reservation.cells()).await?;
+            if state.live_cells == reservation.lines.len() {
+                self.store.transition(&reservation_id, &[Status::Pending], Status::Held, "held (recovered)", Some(state.earliest_deadline_ms), 0, None).await?;
+            } else {
+                self.engine.release(&reservation_id, &reservation.cells()).await?;
+                self.store.drop_claim(&reservation_id).await?;
+            }
+            settled += 1;
+        }
+        Ok(settled)
+    }
+}
+
+fn ended(reservation_id: &str, status: Status) -> ReservationError {
+    match status {
+        Status::Released => ReservationError::refused("ALREADY_RELEASED", format!("reservation {reservation_id} was released")),
+        Status::Expired => ReservationError::refused("HOLD_EXPIRED", format!("hold {reservation_id} expired")),
+        Status::Rejected => ReservationError::refused("NOT_HELD", format!("reservation {reservation_id} was rejected; nothing is held")),
+        Status::Confirmed => ReservationError::refused("ALREADY_CONFIRMED", format!("reservation {reservation_id} is confirmed")),
+        Status::Held | Status::Pending => ReservationError::InProgress(reservation_id.to_owned()),
+    }
+}
