@@ -439,8 +439,9 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                 let events: Vec<InventoryEvent> = state
                     .planned
                     .iter()
-                    .map(|(location, sku, units)| InventoryEvent {
-                        event_id: format!("{}:ship:{location}:{sku}", order.id),
+                    .enumerate()
+                    .map(|(n, (location, sku, units))| InventoryEvent {
+                        event_id: format!("{}:ship{n}", order.id),
                         r#type: EventType::Shipment as i32,
                         cell: Some(CellRef { sku: sku.clone(), location_id: location.clone() }),
                         quantity_units: *units,

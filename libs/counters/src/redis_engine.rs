@@ -65,6 +65,16 @@ impl RedisEngine {
         Ok(Self { connection, prefix: prefix.to_owned() })
     }
 
+    /// The prefix every key of this engine starts with.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The name of the counters hash of `sku` (tests use it to inject faults).
+    pub fn cells_key(&self, sku: &str) -> String {
+        sku_keys(&self.prefix, sku)[0].clone()
+    }
+
     fn skus_key(&self) -> String {
         format!("{}im:skus", self.prefix)
     }

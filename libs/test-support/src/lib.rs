@@ -1,1 +1,307 @@
-//! placeholder
+//! Dev-only helpers: start the whole mesh in-process on `127.0.0.1:0` against a chosen back end
+//! (embedded: a temporary SQLite file and the in-process engine, optionally on a manual clock;
+//! external: real Redis under a fresh key prefix and a fresh PostgreSQL database), plus clients
+//! and small builders for requests. Nothing here mocks a component.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{sync::Arc, time::Duration};
+
+use inventory_mesh::mesh::{self, RunningMesh, ServiceKind};
+use mesh_counters::{CounterEngine, ManualClock, MemoryEngine, RedisEngine};
+use mesh_proto::{
+    availability::v1::{self as av, availability_service_client::AvailabilityServiceClient},
+    common::v1::{CellQuantities, CellRef},
+    replenishment::v1::replenishment_service_client::ReplenishmentServiceClient,
+    reservation::v1::{self as rv, reservation_service_client::ReservationServiceClient},
+    sourcing::v1::sourcing_service_client::SourcingServiceClient,
+};
+use service_kit::{config::Settings, grpc::CallRecorder};
+use tonic::transport::Channel;
+
+/// Which stores the mesh runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file + in-process counter engine.
+    Embedded,
+    /// Real Redis (fresh key prefix) + real PostgreSQL (fresh database).
+    External,
+}
+
+/// The Redis URL tests use (REDIS_URL, else the local default).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The PostgreSQL URL tests create databases from (DATABASE_URL, else the local default).
+pub fn postgres_url() -> String {
+    std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres")).unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh key prefix.
+pub fn key_prefix() -> String {
+    format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Connects a Redis engine under a fresh prefix, failing with how to start Redis if it is down.
+pub async fn redis_engine() -> RedisEngine {
+    let url = redis_url();
+    match tokio::time::timeout(Duration::from_secs(5), RedisEngine::connect(&url, &key_prefix())).await {
+        Ok(Ok(engine)) => engine,
+        _ => panic!(
+            "Redis is needed at {url} and does not answer. Start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no (or set REDIS_URL)"
+        ),
+    }
+}
+
+/// Creates a fresh PostgreSQL database and returns its URL, failing with how to start PostgreSQL.
+pub async fn fresh_postgres_database() -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let admin_url = postgres_url();
+    let admin = match tokio::time::timeout(Duration::from_secs(5), Database::connect(&admin_url)).await {
+        Ok(Ok(db)) => db,
+        _ => panic!(
+            "PostgreSQL is needed at {admin_url} and does not answer. Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start (or set DATABASE_URL)"
+        ),
+    };
+    let name = format!("mesh_test_{}", uuid::Uuid::new_v4().simple());
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin.close().await.ok();
+    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base).to_owned();
+    format!("{base}/{name}")
+}
+
+/// A running mesh with clients.
+pub struct TestMesh {
+    pub backend: Backend,
+    pub availability: AvailabilityServiceClient<Channel>,
+    pub reservation: ReservationServiceClient<Channel>,
+    pub sourcing: SourcingServiceClient<Channel>,
+    pub replenishment: ReplenishmentServiceClient<Channel>,
+    pub engine: CounterEngine,
+    pub recorder: CallRecorder,
+    pub settings: Settings,
+    pub addrs: std::collections::BTreeMap<ServiceKind, std::net::SocketAddr>,
+    running: Option<RunningMesh>,
+    _dir: tempfile::TempDir,
+}
+
+/// Options for starting a test mesh.
+#[derive(Default)]
+pub struct Options {
+    /// Run the embedded engine on this clock (embedded back end only).
+    pub clock: Option<Arc<ManualClock>>,
+    /// Tweak settings before start.
+    pub configure: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
+}
+
+impl TestMesh {
+    /// Starts the mesh on `backend` with default options.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    /// Starts the mesh on `backend`.
+    pub async fn start_with(backend: Backend, options: Options) -> Self {
+        service_kit::telemetry::init_for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::defaults();
+        settings.shutdown.drain_delay = Duration::ZERO;
+        settings.shutdown.grace = Duration::from_secs(5);
+        settings.reservation.sweep_interval = Duration::from_millis(200);
+        let engine = match backend {
+            Backend::Embedded => {
+                settings.database.url = format!("sqlite://{}/mesh.sqlite?mode=rwc", dir.path().display());
+                let clock: Arc<dyn mesh_counters::Clock> = match &options.clock {
+                    Some(clock) => clock.clone(),
+                    None => Arc::new(mesh_counters::SystemClock),
+                };
+                CounterEngine::Memory(Arc::new(MemoryEngine::new(clock)))
+            }
+            Backend::External => {
+                settings.database.url = fresh_postgres_database().await;
+                settings.redis.url = redis_url();
+                CounterEngine::Redis(redis_engine().await)
+            }
+        };
+        if let Some(configure) = options.configure {
+            configure(&mut settings);
+        }
+        let db = service_kit::db::connect(&settings.database).await.unwrap();
+        mesh::migrate(&db).await.unwrap();
+        let mut listeners = Vec::new();
+        for kind in ServiceKind::ALL {
+            listeners.push((kind, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()));
+        }
+        let recorder = CallRecorder::default();
+        let running = mesh::start(settings.clone(), listeners, db, Some(engine.clone()), Some(recorder.clone())).await.unwrap();
+        let channel = |kind: ServiceKind| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", running.addrs[&kind])).unwrap().connect_lazy()
+        };
+        Self {
+            backend,
+            availability: AvailabilityServiceClient::new(channel(ServiceKind::Availability)),
+            reservation: ReservationServiceClient::new(channel(ServiceKind::Reservation)),
+            sourcing: SourcingServiceClient::new(channel(ServiceKind::Sourcing)),
+            replenishment: ReplenishmentServiceClient::new(channel(ServiceKind::Replenishment)),
+            engine,
+            recorder,
+            settings,
+            addrs: running.addrs.clone(),
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the mesh.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Upserts a location at (lat, lon).
+    pub async fn location(&self, id: &str, lat: f64, lon: f64, priority: i32) {
+        self.availability
+            .clone()
+            .upsert_locations(av::UpsertLocationsRequest {
+                locations: vec![av::Location {
+                    location_id: id.into(),
+                    r#type: av::LocationType::Dc as i32,
+                    position: Some(mesh_proto::common::v1::GeoPoint { lat, lon }),
+                    priority,
+                }],
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Upserts a channel.
+    pub async fn channel(&self, id: &str, locations: &[&str], buffer: i64) {
+        self.availability
+            .clone()
+            .upsert_channels(av::UpsertChannelsRequest {
+                channels: vec![av::Channel { channel_id: id.into(), location_ids: locations.iter().map(|l| (*l).to_owned()).collect(), buffer_units: buffer }],
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Ingests one event and returns its result.
+    pub async fn event(&self, event: av::InventoryEvent) -> av::EventResult {
+        self.availability.clone().ingest_events(av::IngestEventsRequest { events: vec![event] }).await.unwrap().into_inner().results.remove(0)
+    }
+
+    /// Receives `units` of `sku` at `location` (a fresh event id).
+    pub async fn receive(&self, sku: &str, location: &str, units: i64) -> av::EventResult {
+        self.event(event(&format!("rcv-{}", uuid::Uuid::new_v4().simple()), av::EventType::Receipt, sku, location, units, 1_000)).await
+    }
+
+    /// Reads one cell.
+    pub async fn cell(&self, sku: &str, location: &str) -> CellQuantities {
+        self.availability
+            .clone()
+            .get_cell_atp(av::GetCellAtpRequest { cells: vec![cell(sku, location)] })
+            .await
+            .unwrap()
+            .into_inner()
+            .cells
+            .remove(0)
+    }
+
+    /// Reserves lines `(sku, location, units)` under `id`.
+    pub async fn reserve(&self, id: &str, lines: &[(&str, &str, i64)], ttl_ms: u64) -> Result<rv::Reservation, tonic::Status> {
+        self.reservation
+            .clone()
+            .create_reservation(rv::CreateReservationRequest {
+                reservation_id: id.into(),
+                order_id: String::new(),
+                lines: lines.iter().map(|(s, l, u)| rv::ReservationLine { sku: (*s).into(), location_id: (*l).into(), quantity_units: *u }).collect(),
+                ttl_ms,
+                channel_id: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().reservation.unwrap())
+    }
+
+    /// Confirms a reservation.
+    pub async fn confirm(&self, id: &str) -> Result<rv::ConfirmReservationResponse, tonic::Status> {
+        self.reservation
+            .clone()
+            .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id.into(), occurred_at: None })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Releases a reservation.
+    pub async fn release(&self, id: &str) -> Result<rv::ReleaseReservationResponse, tonic::Status> {
+        self.reservation
+            .clone()
+            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: rv::ReleaseReason::Cancelled as i32 })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Runs both reconcile checks and panics with the differences if any.
+    pub async fn assert_reconciled(&self) {
+        let availability = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Availability])).unwrap().connect_lazy();
+        let reservation = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Reservation])).unwrap().connect_lazy();
+        let report = inventory_mesh::reconcile::reconcile(availability, reservation).await.unwrap();
+        assert!(report.is_clean(), "reconcile differences: {:#?}", report.differences);
+    }
+}
+
+/// A cell reference.
+pub fn cell(sku: &str, location: &str) -> CellRef {
+    CellRef { sku: sku.into(), location_id: location.into() }
+}
+
+/// Builds an inventory event occurring at `at_ms`.
+pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i64, at_ms: i64) -> av::InventoryEvent {
+    av::InventoryEvent {
+        event_id: id.into(),
+        r#type: kind as i32,
+        cell: Some(cell(sku, location)),
+        quantity_units: units,
+        occurred_at: Some(prost_types::Timestamp { seconds: at_ms.div_euclid(1000), nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32 }),
+        source_system: "test".into(),
+        reservation_id: String::new(),
+        restockable: true,
+        reason: String::new(),
+    }
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    service_kit::error::error_reason(status)
+}
+
+/// (on_hand, held, committed, atp) of a cell.
+pub fn parts(q: &CellQuantities) -> (i64, i64, i64, i64) {
+    (q.on_hand_units, q.held_units, q.committed_units, q.atp_units)
+}
+
+/// Declares one async test per back end: `backend_tests!(name, |mesh| async move { .. })`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                let mesh = $crate::TestMesh::start($crate::Backend::Embedded).await;
+                ($body)(&mesh).await;
+                mesh.assert_reconciled().await;
+                mesh.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redis_postgres() {
+                let mesh = $crate::TestMesh::start($crate::Backend::External).await;
+                ($body)(&mesh).await;
+                mesh.assert_reconciled().await;
+                mesh.stop().await;
+            }
+        }
+    };
+}

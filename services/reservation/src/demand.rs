@@ -46,6 +46,10 @@ impl DemandSender {
                     };
                     match client.record_demand(request).await {
                         Ok(_) => break,
+                        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                            tracing::error!(message = status.message(), count = batch.len(), "demand rejected by replenishment");
+                            break;
+                        }
                         Err(status) => {
                             tracing::warn!(code = ?status.code(), attempt, count = batch.len(), "demand not delivered to replenishment");
                             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -60,9 +64,10 @@ impl DemandSender {
     /// Queues the lines of a confirmed reservation.
     pub async fn send(&self, reservation: &StoredReservation, occurred_at_ms: Option<i64>) {
         let at_ms = occurred_at_ms.unwrap_or_else(crate::store::now_ms);
-        for line in &reservation.lines {
+        for (position, line) in reservation.lines.iter().enumerate() {
             let demand = Demand {
-                demand_id: format!("{}:{}:{}", reservation.reservation_id, line.cell.sku, line.cell.location),
+                // Unique per reservation line and short enough for an id (≤ 128 characters).
+                demand_id: format!("{}#{position}", reservation.reservation_id),
                 cell: Some(CellRef { sku: line.cell.sku.clone(), location_id: line.cell.location.clone() }),
                 quantity_units: line.units,
                 occurred_at: Some(prost_types::Timestamp { seconds: at_ms.div_euclid(1000), nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32 }),

@@ -1,0 +1,246 @@
+//! The conformance suite: every counter rule runs against the in-process engine and against real
+//! Redis (the Lua scripts), with the same expected values. Redis comes from REDIS_URL (default
+//! redis://127.0.0.1:6379) under a fresh key prefix; a missing Redis fails with how to start it.
+use std::{sync::Arc, time::Duration};
+
+use mesh_counters::{
+    Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, ManualClock, MemoryEngine, PhysicalChange, RedisEngine, Released,
+    ReserveOutcome, Shortage,
+};
+use tokio::sync::Barrier;
+
+struct Subject {
+    name: &'static str,
+    engine: CounterEngine,
+    clock: Option<Arc<ManualClock>>,
+}
+
+impl Subject {
+    async fn pass_ms(&self, ms: i64) {
+        match &self.clock {
+            Some(clock) => clock.advance_ms(ms),
+            None => tokio::time::sleep(Duration::from_millis(ms as u64)).await,
+        }
+    }
+}
+
+async fn redis() -> RedisEngine {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("c{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    match tokio::time::timeout(Duration::from_secs(5), RedisEngine::connect(&url, &prefix)).await {
+        Ok(Ok(engine)) => engine,
+        _ => panic!("Redis is needed at {url}; start it with: redis-server --daemonize yes --port 6379 --save \"\" --appendonly no (or set REDIS_URL)"),
+    }
+}
+
+async fn subjects() -> Vec<Subject> {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    vec![
+        Subject { name: "embedded", engine: CounterEngine::Memory(Arc::new(MemoryEngine::new(clock.clone()))), clock: Some(clock) },
+        Subject { name: "redis", engine: CounterEngine::Redis(redis().await), clock: None },
+    ]
+}
+
+fn cell(sku: &str) -> Cell {
+    Cell::new(sku, "L1")
+}
+
+fn line(sku: &str, units: i64) -> CellUnits {
+    CellUnits { cell: cell(sku), units }
+}
+
+async fn stock(engine: &CounterEngine, sku: &str, on_hand: i64) {
+    let version = engine.read_cells(&[cell(sku)]).await.unwrap()[0].on_hand; // any increasing value works below
+    engine.apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version: version + on_hand + 1_000, fulfil: None }).await.unwrap();
+}
+
+async fn counters(engine: &CounterEngine, sku: &str) -> CellCounters {
+    engine.read_cells(&[cell(sku)]).await.unwrap()[0]
+}
+
+fn counts(held: i64, committed: i64, on_hand: i64) -> CellCounters {
+    CellCounters { on_hand, held, committed, safety: 0 }
+}
+
+#[tokio::test]
+async fn a_multi_line_reserve_holds_every_line_or_none_b21() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        stock(e, "B", 5).await;
+        let outcome = e.reserve("r1", &[line("A", 2), line("B", 2), line("C", 1)], 60_000).await.unwrap();
+        assert_eq!(
+            outcome,
+            ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("C"), requested: 1, available: 0 }] },
+            "{}",
+            s.name
+        );
+        assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
+        assert_eq!(counters(e, "B").await, counts(0, 0, 5), "{}", s.name);
+        let snapshot = e.snapshot(&["A".into(), "B".into()]).await.unwrap();
+        assert!(snapshot.iter().all(|s| s.holds.is_empty()), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn lines_naming_the_same_cell_are_summed_before_the_check_b04() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        let outcome = e.reserve("r1", &[line("A", 3), line("A", 3)], 60_000).await.unwrap();
+        assert_eq!(outcome, ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("A"), requested: 6, available: 5 }] }, "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
+        assert!(matches!(e.reserve("r2", &[line("A", 2), line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        let after = counters(e, "A").await;
+        assert_eq!((after.held, after.atp()), (5, 0), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn an_expired_hold_is_never_counted_and_never_confirmable() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 1).await;
+        assert!(matches!(e.reserve("h", &[line("A", 1)], 300).await.unwrap(), ReserveOutcome::Held { .. }));
+        assert_eq!(counters(e, "A").await.held, 1, "{}", s.name);
+        s.pass_ms(450).await;
+        assert_eq!(counters(e, "A").await, counts(0, 0, 1), "{}: no sweeper ran, the read purges", s.name);
+        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::HoldMissing { .. }), "{}", s.name);
+        assert!(matches!(e.reserve("other", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(1, 0, 1), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn confirm_moves_a_live_hold_to_committed_once() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 4).await;
+        e.reserve("h", &[line("A", 3)], 60_000).await.unwrap();
+        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 3, 4), "{}", s.name);
+        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::AlreadyConfirmed { .. }), "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 3, 4), "{}", s.name);
+        assert!(matches!(e.reserve("h", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::AlreadyExists { .. }), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn release_returns_units_exactly_once() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
+        assert_eq!(e.release("h", &[cell("A")]).await.unwrap(), Released { hold_units: 2, committed_units: 0 }, "{}", s.name);
+        assert_eq!(e.release("h", &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_units_b12() {
+    for s in subjects().await {
+        let e = &s.engine;
+        e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 100, version: 1, fulfil: None }).await.unwrap();
+        e.reserve("o6", &[line("B", 10)], 60_000).await.unwrap();
+        e.confirm("o6", &[cell("B")]).await.unwrap();
+        let shipped = e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 93, version: 2, fulfil: Some(("o6".into(), 7)) }).await.unwrap();
+        assert_eq!((shipped.fulfilled_units, shipped.counters), (7, counts(0, 3, 93)), "{}", s.name);
+        assert_eq!(shipped.counters.atp(), 90, "{}", s.name);
+        assert_eq!(e.release("o6", &[cell("B")]).await.unwrap(), Released { hold_units: 0, committed_units: 3 }, "{}", s.name);
+        let after = counters(e, "B").await;
+        assert_eq!((after, after.atp()), (counts(0, 0, 93), 93), "{}", s.name);
+        // A shipment naming more than remains fulfils only what remains.
+        e.reserve("o7", &[line("B", 2)], 60_000).await.unwrap();
+        e.confirm("o7", &[cell("B")]).await.unwrap();
+        let over = e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 88, version: 3, fulfil: Some(("o7".into(), 5)) }).await.unwrap();
+        assert_eq!((over.fulfilled_units, over.counters.committed), (2, 0), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn an_older_position_version_never_overwrites_a_newer_one() {
+    for s in subjects().await {
+        let e = &s.engine;
+        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 10, version: 5, fulfil: None }).await.unwrap();
+        let late = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 4, fulfil: None }).await.unwrap();
+        assert_eq!(late.counters.on_hand, 10, "{}", s.name);
+        let newer = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 6, fulfil: None }).await.unwrap();
+        assert_eq!(newer.counters.on_hand, 7, "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn safety_is_never_promised() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        assert_eq!(e.set_safety(&cell("A"), 2).await.unwrap(), CellCounters { on_hand: 5, held: 0, committed: 0, safety: 2 }, "{}", s.name);
+        assert_eq!(
+            e.reserve("r", &[line("A", 4)], 60_000).await.unwrap(),
+            ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("A"), requested: 4, available: 3 }] },
+            "{}",
+            s.name
+        );
+        assert!(matches!(e.reserve("r2", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reserves_at_a_barrier_never_oversell_b01() {
+    for s in subjects().await {
+        for round in 0..25 {
+            let sku = format!("HOT{round}");
+            stock(&s.engine, &sku, 10).await;
+            let barrier = Arc::new(Barrier::new(64));
+            let tasks: Vec<_> = (0..64)
+                .map(|i| {
+                    let (engine, barrier, sku) = (s.engine.clone(), barrier.clone(), sku.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        engine.reserve(&format!("r{i}"), &[CellUnits { cell: Cell::new(sku, "L1"), units: 1 }], 60_000).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut held = 0;
+            for task in tasks {
+                if matches!(task.await.unwrap(), ReserveOutcome::Held { .. }) {
+                    held += 1;
+                }
+            }
+            assert_eq!(held, 10, "{} round {round}", s.name);
+            let snapshot = &s.engine.snapshot(&[sku.clone()]).await.unwrap()[0];
+            assert_eq!(snapshot.cells[0].1.held, 10, "{} round {round}", s.name);
+            assert_eq!(snapshot.holds.iter().map(|h| h.units).sum::<i64>(), 10, "{} round {round}", s.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_script_error_in_the_middle_leaves_no_trace_b21() {
+    let engine = redis().await;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut raw = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let e = CounterEngine::Redis(engine.clone());
+    stock(&e, "A", 5).await;
+    stock(&e, "B", 5).await;
+    // C's counters key has the wrong type: the script fails while validating C.
+    let _: () = redis::cmd("RPUSH").arg(engine.cells_key("C")).arg("junk").query_async(&mut raw).await.unwrap();
+    let error = e.reserve("r", &[line("A", 2), line("B", 2), line("C", 1)], 60_000).await;
+    assert!(error.is_err(), "the script must fail: {error:?}");
+    assert_eq!(counters(&e, "A").await, counts(0, 0, 5));
+    assert_eq!(counters(&e, "B").await, counts(0, 0, 5));
+}
+
+#[tokio::test]
+async fn scripts_survive_script_flush_b19() {
+    let engine = redis().await;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut raw = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let e = CounterEngine::Redis(engine);
+    stock(&e, "A", 3).await;
+    e.reserve("before", &[line("A", 1)], 60_000).await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    assert!(matches!(e.reserve("after", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }));
+    assert_eq!(counters(&e, "A").await.held, 2);
+}
