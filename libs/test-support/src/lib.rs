@@ -280,28 +280,41 @@ pub fn parts(q: &CellQuantities) -> (i64, i64, i64, i64) {
     (q.on_hand_units, q.held_units, q.committed_units, q.atp_units)
 }
 
-/// Declares one async test per back end: `backend_tests!(name, |mesh| async move { .. })`.
+/// Declares one async test per back end, each ending with the reconcile check:
+/// `backend_tests!(name, |mesh: &TestMesh| async move { .. })` or `backend_tests!(name, some_async_fn)`.
 #[macro_export]
 macro_rules! backend_tests {
-    ($name:ident, $body:expr) => {
+    ($name:ident, |$mesh:ident: &TestMesh| async move $body:block) => {
         mod $name {
             use super::*;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn embedded() {
-                let mesh = $crate::TestMesh::start($crate::Backend::Embedded).await;
-                ($body)(&mesh).await;
-                mesh.assert_reconciled().await;
-                mesh.stop().await;
-            }
+            async fn case($mesh: &$crate::TestMesh) $body
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn redis_postgres() {
-                let mesh = $crate::TestMesh::start($crate::Backend::External).await;
-                ($body)(&mesh).await;
-                mesh.assert_reconciled().await;
-                mesh.stop().await;
-            }
+            $crate::backend_tests!(@tests case);
+        }
+    };
+    ($name:ident, $case:path) => {
+        mod $name {
+            use super::*;
+
+            $crate::backend_tests!(@tests $case);
+        }
+    };
+    (@tests $case:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn embedded() {
+            let mesh = $crate::TestMesh::start($crate::Backend::Embedded).await;
+            $case(&mesh).await;
+            mesh.assert_reconciled().await;
+            mesh.stop().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn redis_postgres() {
+            let mesh = $crate::TestMesh::start($crate::Backend::External).await;
+            $case(&mesh).await;
+            mesh.assert_reconciled().await;
+            mesh.stop().await;
         }
     };
 }

@@ -67,7 +67,7 @@ impl DemandSender {
         for (position, line) in reservation.lines.iter().enumerate() {
             let demand = Demand {
                 // Unique per reservation line and short enough for an id (≤ 128 characters).
-                demand_id: format!("{}#{position}", reservation.reservation_id),
+                demand_id: format!("{}/{position}", reservation.reservation_id),
                 cell: Some(CellRef { sku: line.cell.sku.clone(), location_id: line.cell.location.clone() }),
                 quantity_units: line.units,
                 occurred_at: Some(prost_types::Timestamp { seconds: at_ms.div_euclid(1000), nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32 }),
