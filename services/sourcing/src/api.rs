@@ -61,6 +61,10 @@ struct ValidOrder {
 
 fn validate(request: &pb::SourceOrderRequest) -> Result<ValidOrder, Status> {
     validate_id("order_id", &request.order_id)?;
+    if request.order_id.len() > 120 {
+        // Re-plans reserve under `<order_id>:retryN`, which must stay a valid id.
+        return Err(invalid_argument("order_id", "must be at most 120 characters"));
+    }
     validate_id("channel_id", &request.channel_id)?;
     if request.lines.is_empty() {
         return Err(invalid_argument("lines", "must not be empty"));
@@ -207,7 +211,7 @@ impl SourcingApi {
                 return Ok(response);
             }
             if !response.shipments.is_empty() {
-                let reservation_id = if attempt == 1 { order.order_id.clone() } else { format!("{}~{attempt}", order.order_id) };
+                let reservation_id = if attempt == 1 { order.order_id.clone() } else { format!("{}:retry{attempt}", order.order_id) };
                 let lines = response
                     .shipments
                     .iter()

@@ -171,11 +171,11 @@ mod tests {
     #[test]
     fn prefers_the_nearest_node_that_ships_everything() {
         let nodes = [node("FAR", 900.0, 0, &[("A", 5), ("B", 5)]), node("NEAR", 10.0, 0, &[("A", 5), ("B", 5)]), node("PART", 1.0, 0, &[("A", 5)])];
-        let plan = plan(&demand(&[("A", 2), ("B", 1)]), &nodes, &carried(&["A", "B"]), 3, false).unwrap();
-        assert_eq!(plan.shipments.len(), 1);
-        assert_eq!(plan.shipments[0].location_id, "NEAR");
-        assert_eq!(plan.shipments[0].lines, vec![("A".to_owned(), 2), ("B".to_owned(), 1)]);
-        assert_eq!(plan.explanations[0].verdict, "chosen");
+        let result = plan(&demand(&[("A", 2), ("B", 1)]), &nodes, &carried(&["A", "B"]), 3, false).unwrap();
+        assert_eq!(result.shipments.len(), 1);
+        assert_eq!(result.shipments[0].location_id, "NEAR");
+        assert_eq!(result.shipments[0].lines, vec![("A".to_owned(), 2), ("B".to_owned(), 1)]);
+        assert_eq!(result.explanations[0].verdict, "chosen");
     }
 
     #[test]
@@ -183,14 +183,14 @@ mod tests {
         // B31 step 1: L1 has 4 free (10 on hand, 6 committed), L2 has 15; A×13 → L1:4 + L2:9 is
         // two nodes either way; the greedy cover takes L2 (covers most) first.
         let nodes = [node("L1", 1.0, 2, &[("A", 4)]), node("L2", 2.0, 1, &[("A", 15)])];
-        let plan = plan(&demand(&[("A", 13)]), &nodes, &carried(&["A"]), 3, false).unwrap();
-        assert_eq!(plan.shipments.len(), 1);
-        assert_eq!(plan.shipments[0].location_id, "L2");
-        assert_eq!(plan.shipments[0].lines, vec![("A".to_owned(), 13)]);
+        let result = plan(&demand(&[("A", 13)]), &nodes, &carried(&["A"]), 3, false).unwrap();
+        assert_eq!(result.shipments.len(), 1);
+        assert_eq!(result.shipments[0].location_id, "L2");
+        assert_eq!(result.shipments[0].lines, vec![("A".to_owned(), 13)]);
         // With L2 holding only 9, both are needed: L2:9 and L1:4.
         let nodes = [node("L1", 1.0, 2, &[("A", 4)]), node("L2", 2.0, 1, &[("A", 9)])];
-        let plan = plan(&demand(&[("A", 13)]), &nodes, &carried(&["A"]), 3, false).unwrap();
-        let mut parts: Vec<(String, i64)> = plan.shipments.iter().map(|s| (s.location_id.clone(), s.lines[0].1)).collect();
+        let result = plan(&demand(&[("A", 13)]), &nodes, &carried(&["A"]), 3, false).unwrap();
+        let mut parts: Vec<(String, i64)> = result.shipments.iter().map(|s| (s.location_id.clone(), s.lines[0].1)).collect();
         parts.sort();
         assert_eq!(parts, vec![("L1".to_owned(), 4), ("L2".to_owned(), 9)]);
     }
@@ -212,16 +212,16 @@ mod tests {
     #[test]
     fn two_skus_at_two_nodes_make_two_shipments_b31() {
         let nodes = [node("L1", 1.0, 0, &[("A", 1)]), node("L2", 2.0, 0, &[("B", 1)])];
-        let plan = plan(&demand(&[("A", 1), ("B", 1)]), &nodes, &carried(&["A", "B"]), 3, false).unwrap();
-        assert_eq!(plan.shipments.len(), 2);
+        let result = plan(&demand(&[("A", 1), ("B", 1)]), &nodes, &carried(&["A", "B"]), 3, false).unwrap();
+        assert_eq!(result.shipments.len(), 2);
     }
 
     #[test]
     fn uncarried_skus_fail_even_with_backorder() {
         assert_eq!(plan(&demand(&[("Z", 1)]), &[], &[], 3, true), Err(PlanError::NotCarried(vec!["Z".to_owned()])));
-        let plan = plan(&demand(&[("A", 3)]), &[], &carried(&["A"]), 3, true).unwrap();
-        assert!(plan.shipments.is_empty());
-        assert_eq!(plan.backordered, vec![("A".to_owned(), 3)]);
+        let result = plan(&demand(&[("A", 3)]), &[], &carried(&["A"]), 3, true).unwrap();
+        assert!(result.shipments.is_empty());
+        assert_eq!(result.backordered, vec![("A".to_owned(), 3)]);
     }
 
     #[test]
