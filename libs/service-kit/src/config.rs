@@ -158,7 +158,7 @@ impl Settings {
         if let Ok(path) = std::env::var("MESH_CONFIG") {
             builder = builder.add_source(config::File::with_name(&path).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix("MESH").prefix_separator("__").separator("__"));
+        builder = builder.add_source(config::Environment::with_prefix("MESH").prefix_separator("__").separator("__").try_parsing(true));
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database.url", url)?;
         }

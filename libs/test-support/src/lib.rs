@@ -152,10 +152,18 @@ impl TestMesh {
         }
     }
 
-    /// Stops the mesh.
+    /// Stops the mesh and drops its PostgreSQL database.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await;
+        }
+        if self.backend == Backend::External {
+            use sea_orm::{ConnectionTrait, Database};
+            let name = self.settings.database.url.rsplit('/').next().unwrap_or_default().to_owned();
+            if let Ok(admin) = Database::connect(&postgres_url()).await {
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                admin.close().await.ok();
+            }
         }
     }
 

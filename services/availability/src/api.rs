@@ -342,10 +342,21 @@ impl AvailabilityService for AvailabilityApi {
         check_size("events", request.events.len(), MAX_EVENTS_PER_BATCH)?;
         // Validate the whole batch before applying any of it: bad input changes nothing.
         let events = request.events.iter().enumerate().map(|(i, e)| event_from(i, e)).collect::<Result<Vec<_>, _>>()?;
-        let mut results = Vec::with_capacity(events.len());
-        for event in &events {
-            results.push(self.ingest(event).await?);
-        }
+        // Run on its own task: a caller that gives up cannot stop a batch between the ledger write
+        // and the counter update; a redelivery then sees duplicates.
+        let api = self.clone();
+        let results = tokio::spawn(async move {
+            let mut results = Vec::with_capacity(events.len());
+            for event in &events {
+                results.push(api.ingest(event).await?);
+            }
+            Ok::<_, AvailabilityError>(results)
+        })
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "ingestion task failed");
+            Status::internal("internal error")
+        })??;
         Ok(Response::new(pb::IngestEventsResponse { results }))
     }
 

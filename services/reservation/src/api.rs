@@ -185,6 +185,19 @@ impl ReservationApi {
     }
 }
 
+/// Runs a state change on its own task, so a caller that gives up (deadline, cancel) cannot stop
+/// it halfway: once started, the claim, the counter step and the record all happen, and a retry
+/// with the same id replays the answer.
+async fn run_to_completion<T: Send + 'static>(work: impl std::future::Future<Output = ReservationResult<T>> + Send + 'static) -> Result<T, GrpcStatus> {
+    match tokio::spawn(work).await {
+        Ok(result) => result.map_err(GrpcStatus::from),
+        Err(error) => {
+            tracing::error!(%error, "reservation task failed");
+            Err(GrpcStatus::internal("internal error"))
+        }
+    }
+}
+
 fn release_reason(reason: i32) -> &'static str {
     match pb::ReleaseReason::try_from(reason) {
         Ok(pb::ReleaseReason::PaymentFailed) => "payment failed",
@@ -199,7 +212,8 @@ impl ReservationService for ReservationApi {
     #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
     async fn create_reservation(&self, request: Request<pb::CreateReservationRequest>) -> Result<Response<pb::CreateReservationResponse>, GrpcStatus> {
         let new = self.parse_create(request.get_ref())?;
-        let reservation = self.reservations.create(&new).await?;
+        let reservations = self.reservations.clone();
+        let reservation = run_to_completion(async move { reservations.create(&new).await }).await?;
         Ok(Response::new(pb::CreateReservationResponse { reservation: Some(to_wire(&reservation)) }))
     }
 
@@ -208,7 +222,8 @@ impl ReservationService for ReservationApi {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
         let occurred_at_ms = request.occurred_at.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
-        let confirmed = self.reservations.confirm(&request.reservation_id, occurred_at_ms).await?;
+        let reservations = self.reservations.clone();
+        let confirmed = run_to_completion(async move { reservations.confirm(&request.reservation_id, occurred_at_ms).await }).await?;
         Ok(Response::new(pb::ConfirmReservationResponse {
             reservation: Some(to_wire(&confirmed.reservation)),
             already_confirmed: confirmed.already_confirmed,
@@ -219,7 +234,9 @@ impl ReservationService for ReservationApi {
     async fn release_reservation(&self, request: Request<pb::ReleaseReservationRequest>) -> Result<Response<pb::ReleaseReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
-        let (reservation, released_units) = self.reservations.release(&request.reservation_id, release_reason(request.reason)).await?;
+        let reservations = self.reservations.clone();
+        let reason = release_reason(request.reason);
+        let (reservation, released_units) = run_to_completion(async move { reservations.release(&request.reservation_id, reason).await }).await?;
         Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(to_wire(&reservation)), released_units }))
     }
 

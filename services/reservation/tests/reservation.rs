@@ -179,6 +179,33 @@ backend_tests!(a_retried_reserve_returns_the_same_hold_and_a_changed_body_is_ref
     assert!(no_key.message().contains("reservation_id"), "{}", no_key.message());
 });
 
+backend_tests!(a_client_that_gave_up_retries_with_its_key_and_gets_one_hold_b08, |mesh: &TestMesh| async move {
+    for round in 0..20 {
+        let (sku, key) = (format!("A{round}"), format!("K-{round}"));
+        mesh.receive(&sku, "L1", 10).await;
+        // The first attempt gives up almost at once: the server may or may not have committed.
+        let mut hurried = tonic::Request::new(rv::CreateReservationRequest {
+            reservation_id: key.clone(),
+            lines: vec![rv::ReservationLine { sku: sku.clone(), location_id: "L1".into(), quantity_units: 4 }],
+            ttl_ms: TTL,
+            ..Default::default()
+        });
+        hurried.set_timeout(Duration::from_micros(200 + round * 50));
+        let _ = mesh.reservation.clone().create_reservation(hurried).await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match mesh.reserve(&key, &[(&sku, "L1", 4)], TTL).await {
+                Ok(hold) => ids.push(hold.reservation_id),
+                // The abandoned first attempt may still be settling; the retry is told to retry.
+                Err(status) if status.code() == Code::Aborted => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(status) => panic!("round {round}: {status:?}"),
+            }
+        }
+        assert!(!ids.is_empty() && ids.iter().all(|id| *id == key), "round {round}: {ids:?}");
+        assert_eq!(parts(&mesh.cell(&sku, "L1").await), (10, 4, 0, 6), "round {round}: exactly one hold");
+    }
+});
+
 backend_tests!(bad_input_names_the_field_and_changes_nothing, |mesh: &TestMesh| async move {
     mesh.receive("A", "L1", 10).await;
     for (lines, ttl, field) in [

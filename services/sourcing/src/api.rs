@@ -16,6 +16,7 @@ use prost::Message;
 use service_kit::{CallContext, error::validate_id, invalid_argument};
 use tokio::sync::RwLock;
 use tonic::{Code, Request, Response, Status, transport::Channel};
+use tracing::Instrument;
 
 use crate::{
     domain::{self, Candidate, PlanError},
@@ -269,7 +270,17 @@ impl SourcingService for SourcingApi {
     async fn source_order(&self, request: Request<pb::SourceOrderRequest>) -> Result<Response<pb::SourceOrderResponse>, Status> {
         let context = CallContext::from_request(&request);
         validate(request.get_ref())?;
-        Ok(Response::new(self.source(&context, request.get_ref()).await?))
+        // Once reserving has started it runs to completion (and is recorded) even if the caller
+        // gives up, so a retry of the order gets the recorded decision instead of a second plan.
+        let (api, request) = (self.clone(), request.into_inner());
+        let span = tracing::Span::current();
+        let decision = tokio::spawn(async move { api.source(&context, &request).instrument(span).await })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "sourcing task failed");
+                Status::internal("internal error")
+            })??;
+        Ok(Response::new(decision))
     }
 
     async fn get_sourcing_decision(&self, request: Request<pb::GetSourcingDecisionRequest>) -> Result<Response<pb::GetSourcingDecisionResponse>, Status> {
