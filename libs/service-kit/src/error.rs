@@ -89,3 +89,14 @@ pub fn failed_precondition(reason: &str, message: &str, metadata: std::collectio
 pub fn error_reason(status: &Status) -> String {
     status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
 }
+
+/// Converts a protobuf timestamp to Unix milliseconds, refusing values outside the Timestamp
+/// range (0001-01-01 … 9999-12-31) or with invalid nanos as INVALID_ARGUMENT naming the field.
+pub fn timestamp_ms(field: &str, timestamp: &prost_types::Timestamp) -> Result<i64, Status> {
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds) || !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(invalid_argument(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31"));
+    }
+    Ok(timestamp.seconds * 1000 + i64::from(timestamp.nanos / 1_000_000))
+}

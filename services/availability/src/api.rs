@@ -87,7 +87,7 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
         return Err(service_kit::invalid_argument(&field("quantity_units"), "is out of range"));
     }
     let occurred_at = e.occurred_at.as_ref().ok_or_else(|| service_kit::invalid_argument(&field("occurred_at"), "is required"))?;
-    let occurred_at_ms = occurred_at.seconds.saturating_mul(1000) + i64::from(occurred_at.nanos / 1_000_000);
+    let occurred_at_ms = service_kit::error::timestamp_ms(&field("occurred_at"), occurred_at)?;
     let reservation_id = if e.reservation_id.is_empty() {
         None
     } else {
@@ -97,8 +97,11 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
         validate_id(&field("reservation_id"), &e.reservation_id)?;
         Some(e.reservation_id.clone())
     };
-    if e.reason.len() > 256 || e.source_system.len() > 128 {
-        return Err(service_kit::invalid_argument(&field("reason"), "reason and source_system are limited to 256 and 128 characters"));
+    if e.reason.len() > 256 {
+        return Err(service_kit::invalid_argument(&field("reason"), "must be at most 256 characters"));
+    }
+    if e.source_system.len() > 128 {
+        return Err(service_kit::invalid_argument(&field("source_system"), "must be at most 128 characters"));
     }
     Ok(InventoryEvent {
         event_id: e.event_id.clone(),
@@ -132,7 +135,17 @@ impl AvailabilityApi {
             }
         };
         if recorded.outcome == Outcome::Rejected {
+            // A reused id with another body changes nothing: no counter is touched (the recorded
+            // position may even belong to another cell), only the named cell is reported.
             tracing::warn!(event_id = %event.event_id, reason = %recorded.reason, "inventory event rejected");
+            let counters = self.engine.read_cells(std::slice::from_ref(&event.cell)).await?;
+            return Ok(pb::EventResult {
+                event_id: event.event_id.clone(),
+                outcome: pb::EventOutcome::Rejected as i32,
+                reason: recorded.reason,
+                cell: Some(quantities(&event.cell, &counters[0])),
+                fulfilled_units: 0,
+            });
         }
         // A duplicate re-pushes the recorded position too (idempotent: absolute value + version), so
         // a redelivery after a failed counter update heals the counters.

@@ -127,7 +127,16 @@ impl ReplenishmentService for ReplenishmentApi {
                 return Err(invalid_argument(&format!("demands[{i}].quantity_units"), "must be > 0"));
             }
             let at = d.occurred_at.as_ref().ok_or_else(|| invalid_argument(&format!("demands[{i}].occurred_at"), "is required"))?;
-            parsed.push((d.demand_id.clone(), cell.sku.clone(), cell.location_id.clone(), d.quantity_units, at.seconds * 1000 + i64::from(at.nanos / 1_000_000)));
+            let at_ms = service_kit::error::timestamp_ms(&format!("demands[{i}].occurred_at"), at)?;
+            parsed.push((d.demand_id.clone(), cell.sku.clone(), cell.location_id.clone(), d.quantity_units, at_ms));
+        }
+        // A demand id already recorded with another body is refused before anything is recorded.
+        for (i, (id, sku, location_id, quantity, at)) in parsed.iter().enumerate() {
+            if let Some(existing) = self.store.demand(id).await? {
+                if existing != (sku.clone(), location_id.clone(), *quantity, *at) {
+                    return Err(Status::already_exists(format!("demands[{i}].demand_id: {id} was recorded with a different body")));
+                }
+            }
         }
         let (mut recorded, mut duplicates) = (0u32, 0u32);
         let mut cells = Vec::new();

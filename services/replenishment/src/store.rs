@@ -105,6 +105,11 @@ impl ReplenishmentStore {
         Ok(result == 1)
     }
 
+    /// A recorded demand's body: (sku, location, units, occurred_at ms).
+    pub async fn demand(&self, id: &str) -> ReplenishmentResult<Option<(String, String, i64, i64)>> {
+        Ok(demand::Entity::find_by_id(id.to_owned()).one(&self.db).await?.map(|d| (d.sku, d.location_id, d.quantity, d.occurred_at_ms)))
+    }
+
     /// The latest demand time recorded (the velocity clock), if any.
     pub async fn latest_demand_ms(&self) -> ReplenishmentResult<Option<i64>> {
         Ok(demand::Entity::find()

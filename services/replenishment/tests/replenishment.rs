@@ -173,7 +173,6 @@ mod demand_id_reused_with_another_body_is_already_exists_test {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "BUG: RecordDemand answers a reused demand_id with a different body as a plain duplicate (recorded 0, duplicates 1) instead of ALREADY_EXISTS (store.rs record_demand: ON CONFLICT DO NOTHING, no body check)"]
     async fn embedded() {
         let mesh = TestMesh::start(Backend::Embedded).await;
         demand_id_reused_with_another_body_is_already_exists(&mesh).await;
@@ -484,7 +483,6 @@ mod demand_occurred_at_out_of_range_is_invalid_argument_test {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "BUG: RecordDemand computes occurred_at as seconds * 1000 unchecked: a large seconds value panics the handler (i64 multiply overflow in api.rs record_demand) instead of INVALID_ARGUMENT"]
     async fn embedded() {
         let mesh = TestMesh::start(Backend::Embedded).await;
         demand_occurred_at_out_of_range_is_invalid_argument(&mesh).await;

@@ -221,7 +221,7 @@ impl ReservationService for ReservationApi {
     async fn confirm_reservation(&self, request: Request<pb::ConfirmReservationRequest>) -> Result<Response<pb::ConfirmReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
-        let occurred_at_ms = request.occurred_at.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+        let occurred_at_ms = request.occurred_at.as_ref().map(|t| service_kit::error::timestamp_ms("occurred_at", t)).transpose()?;
         let reservations = self.reservations.clone();
         let confirmed = run_to_completion(async move { reservations.confirm(&request.reservation_id, occurred_at_ms).await }).await?;
         Ok(Response::new(pb::ConfirmReservationResponse {
