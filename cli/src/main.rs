@@ -13,7 +13,11 @@ use inventory_mesh::{
 use service_kit::{config::Settings, grpc::peer_channel};
 
 #[derive(Parser)]
-#[command(name = "inventory-mesh", version, about = "Inventory Mesh: availability, reservation, sourcing and replenishment over gRPC")]
+#[command(
+    name = "inventory-mesh",
+    version,
+    about = "Inventory Mesh: availability, reservation, sourcing and replenishment over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,7 +110,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let report = reconcile::reconcile(availability, reservation).await.context("reconcile")?;
             for d in &report.differences {
                 let cell = d.cell.as_ref().map(|c| format!("{}@{}", c.sku, c.location_id)).unwrap_or_default();
-                println!("DIFFERENCE {cell} {}: counter {} expected {} ({})", d.field, d.counter_value, d.expected_value, d.detail);
+                println!(
+                    "DIFFERENCE {cell} {}: counter {} expected {} ({})",
+                    d.field, d.counter_value, d.expected_value, d.detail
+                );
             }
             println!(
                 "reconcile: {} cells, {} reservations checked on {} + {}: {} difference(s)",
@@ -130,7 +137,9 @@ fn redact(url: &str) -> String {
 
 async fn serve(settings: Settings, kinds: &[ServiceKind], print_help: bool) -> anyhow::Result<ExitCode> {
     let telemetry = service_kit::telemetry::init("inventory-mesh", &settings.telemetry);
-    let db = service_kit::db::connect(&settings.database).await.with_context(|| format!("cannot open the database {}", redact(&settings.database.url)))?;
+    let db = service_kit::db::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&settings.database.url)))?;
     if !service_kit::db::is_postgres(&settings.database.url) || kinds.len() == ServiceKind::ALL.len() {
         // The embedded default migrates itself; production runs `inventory-mesh migrate` (Helm hook).
         mesh::migrate(&db).await.context("migration failed")?;
@@ -138,7 +147,8 @@ async fn serve(settings: Settings, kinds: &[ServiceKind], print_help: bool) -> a
     let mut listeners = Vec::new();
     for kind in kinds {
         let addr = kind.listen_addr(&settings);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {kind}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {kind}"))?;
         listeners.push((*kind, listener));
     }
     let running = mesh::start(settings.clone(), listeners, db.clone(), None, None).await?;
@@ -167,8 +177,12 @@ async fn serve(settings: Settings, kinds: &[ServiceKind], print_help: bool) -> a
                     "  grpcurl -plaintext -d '{{\"reservationId\":\"demo-hold-1\",\"lines\":[{{\"sku\":\"SKU1\",\"locationId\":\"DC1\",\"quantityUnits\":\"3\"}}]}}' {r} reservation.v1.ReservationService/CreateReservation"
                 );
             }
-            println!("  grpcurl -plaintext -d '{{\"cells\":[{{\"sku\":\"SKU1\",\"locationId\":\"DC1\"}}]}}' {a} availability.v1.AvailabilityService/GetCellAtp");
-            println!("  grpcurl -plaintext -d '{{\"channels\":[{{\"channelId\":\"web\",\"locationIds\":[\"DC1\"]}}]}}' {a} availability.v1.AvailabilityService/UpsertChannels");
+            println!(
+                "  grpcurl -plaintext -d '{{\"cells\":[{{\"sku\":\"SKU1\",\"locationId\":\"DC1\"}}]}}' {a} availability.v1.AvailabilityService/GetCellAtp"
+            );
+            println!(
+                "  grpcurl -plaintext -d '{{\"channels\":[{{\"channelId\":\"web\",\"locationIds\":[\"DC1\"]}}]}}' {a} availability.v1.AvailabilityService/UpsertChannels"
+            );
             if let Some(s) = running.addrs.get(&ServiceKind::Sourcing) {
                 println!(
                     "  grpcurl -plaintext -d '{{\"orderId\":\"demo-order-1\",\"channelId\":\"web\",\"lines\":[{{\"sku\":\"SKU1\",\"quantityUnits\":\"2\"}}],\"shipTo\":{{\"lat\":-22.9,\"lon\":-43.2}},\"allowSplit\":true}}' {s} sourcing.v1.SourcingService/SourceOrder"
@@ -189,7 +203,12 @@ async fn serve(settings: Settings, kinds: &[ServiceKind], print_help: bool) -> a
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_replay(settings: Settings, options: replay::ReplayOptions, report_path: &std::path::Path, standalone: bool) -> anyhow::Result<ExitCode> {
+async fn run_replay(
+    settings: Settings,
+    options: replay::ReplayOptions,
+    report_path: &std::path::Path,
+    standalone: bool,
+) -> anyhow::Result<ExitCode> {
     let peers = &settings.peers;
     let running_mesh = if standalone { false } else { mesh_answers(&settings.peers.availability).await };
     let mut own = None;
@@ -206,7 +225,11 @@ async fn run_replay(settings: Settings, options: replay::ReplayOptions, report_p
         if !service_kit::db::is_postgres(&settings.database.url) {
             settings.database.url = format!("sqlite://target/replay/{}.sqlite?mode=rwc", options.run_id);
         }
-        eprintln!("replay: no mesh answering at {}; starting one in this process ({})", settings.peers.availability, redact(&settings.database.url));
+        eprintln!(
+            "replay: no mesh answering at {}; starting one in this process ({})",
+            settings.peers.availability,
+            redact(&settings.database.url)
+        );
         let db = service_kit::db::connect(&settings.database).await.context("cannot open the database")?;
         mesh::migrate(&db).await.context("migration failed")?;
         let mut listeners = Vec::new();
@@ -248,12 +271,19 @@ async fn run_replay(settings: Settings, options: replay::ReplayOptions, report_p
 
 async fn mesh_answers(address: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(address.to_owned()) else { return false };
-    let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(1), endpoint.connect_timeout(Duration::from_millis(500)).connect()).await else {
+    let Ok(Ok(channel)) =
+        tokio::time::timeout(Duration::from_secs(1), endpoint.connect_timeout(Duration::from_millis(500)).connect())
+            .await
+    else {
         return false;
     };
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     matches!(
-        tokio::time::timeout(Duration::from_secs(1), health.check(tonic_health::pb::HealthCheckRequest { service: String::new() })).await,
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            health.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        )
+        .await,
         Ok(Ok(_))
     )
 }

@@ -59,10 +59,9 @@ impl FromStr for ServiceKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.to_string() == s)
-            .ok_or_else(|| format!("unknown service {s:?}; expected availability, reservation, sourcing or replenishment"))
+        Self::ALL.into_iter().find(|k| k.to_string() == s).ok_or_else(|| {
+            format!("unknown service {s:?}; expected availability, reservation, sourcing or replenishment")
+        })
     }
 }
 
@@ -112,10 +111,13 @@ pub async fn rebuild_embedded(engine: &MemoryEngine, db: &DatabaseConnection) ->
         });
     let store = reservation::store::ReservationStore::new(db.clone());
     let now = reservation::store::now_ms();
-    let records = store.lines_in_status(&[reservation::domain::Status::Held, reservation::domain::Status::Confirmed]).await?;
+    let records =
+        store.lines_in_status(&[reservation::domain::Status::Held, reservation::domain::Status::Confirmed]).await?;
     for (rid, status, deadline, line) in &records {
         match status {
-            reservation::domain::Status::Held if *deadline > now => engine.restore_hold(rid, &line.cell, line.units, *deadline),
+            reservation::domain::Status::Held if *deadline > now => {
+                engine.restore_hold(rid, &line.cell, line.units, *deadline)
+            }
             reservation::domain::Status::Confirmed => {
                 let shipped = fulfilled.get(&(rid.clone(), line.cell.clone())).copied().unwrap_or(0);
                 engine.restore_commitment(rid, &line.cell, line.units - shipped);
@@ -181,8 +183,13 @@ pub async fn start(
         }
     }
     let needs_counters = kinds.iter().any(|k| k.needs_counters());
-    if settings.is_embedded_engine() && needs_counters && !(kinds.contains(&ServiceKind::Availability) && kinds.contains(&ServiceKind::Reservation)) {
-        anyhow::bail!("the embedded counter engine lives in one process: run availability and reservation together (`inventory-mesh run`) or set REDIS_URL");
+    if settings.is_embedded_engine()
+        && needs_counters
+        && !(kinds.contains(&ServiceKind::Availability) && kinds.contains(&ServiceKind::Reservation))
+    {
+        anyhow::bail!(
+            "the embedded counter engine lives in one process: run availability and reservation together (`inventory-mesh run`) or set REDIS_URL"
+        );
     }
     let engine = match engine {
         Some(engine) => Some(engine),
@@ -203,13 +210,22 @@ pub async fn start(
     for (kind, listener) in listeners {
         let routes: ServiceRoutes = match kind {
             ServiceKind::Availability => availability::routes(db.clone(), engine.clone().context("engine")?),
-            ServiceKind::Reservation => reservation::routes(&settings, db.clone(), engine.clone().context("engine")?, &tracker, shutdown.clone())?,
+            ServiceKind::Reservation => reservation::routes(
+                &settings,
+                db.clone(),
+                engine.clone().context("engine")?,
+                &tracker,
+                shutdown.clone(),
+            )?,
             ServiceKind::Sourcing => sourcing::routes(&settings, db.clone())?,
             ServiceKind::Replenishment => replenishment::routes(&settings, db.clone())?,
         };
-        let (grpc, shutdown_settings, token, recorder) = (settings.grpc.clone(), settings.shutdown.clone(), shutdown.clone(), recorder.clone());
+        let (grpc, shutdown_settings, token, recorder) =
+            (settings.grpc.clone(), settings.shutdown.clone(), shutdown.clone(), recorder.clone());
         tracker.spawn(async move {
-            if let Err(error) = service_kit::grpc::serve(listener, routes, &grpc, &shutdown_settings, token, recorder).await {
+            if let Err(error) =
+                service_kit::grpc::serve(listener, routes, &grpc, &shutdown_settings, token, recorder).await
+            {
                 tracing::error!(service = %kind, %error, "server stopped with an error");
             }
         });

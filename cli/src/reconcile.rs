@@ -2,9 +2,13 @@
 //! positions; reservation compares held and committed with the holds and commitments they are
 //! made of and with its durable records. Any difference is listed.
 use mesh_proto::{
-    availability::v1::{ReconcileCountersRequest as AvailabilityReconcile, availability_service_client::AvailabilityServiceClient},
+    availability::v1::{
+        ReconcileCountersRequest as AvailabilityReconcile, availability_service_client::AvailabilityServiceClient,
+    },
     common::v1::CounterDifference,
-    reservation::v1::{ReconcileCountersRequest as ReservationReconcile, reservation_service_client::ReservationServiceClient},
+    reservation::v1::{
+        ReconcileCountersRequest as ReservationReconcile, reservation_service_client::ReservationServiceClient,
+    },
 };
 use tonic::transport::Channel;
 
@@ -32,7 +36,8 @@ impl ReconcileReport {
 /// # Errors
 /// A service could not be reached.
 pub async fn reconcile(availability: Channel, reservation: Channel) -> Result<ReconcileReport, tonic::Status> {
-    let a = AvailabilityServiceClient::new(availability).reconcile_counters(AvailabilityReconcile {}).await?.into_inner();
+    let a =
+        AvailabilityServiceClient::new(availability).reconcile_counters(AvailabilityReconcile {}).await?.into_inner();
     let r = ReservationServiceClient::new(reservation).reconcile_counters(ReservationReconcile {}).await?.into_inner();
     let mut differences = a.differences;
     differences.extend(r.differences);

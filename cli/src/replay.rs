@@ -17,12 +17,18 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesh_proto::{
     availability::v1::{
-        Channel as ChannelMsg, EventOutcome, EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Item, Location,
-        LocationType, UpsertChannelsRequest, UpsertItemsRequest, UpsertLocationsRequest, availability_service_client::AvailabilityServiceClient,
+        Channel as ChannelMsg, EventOutcome, EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Item,
+        Location, LocationType, UpsertChannelsRequest, UpsertItemsRequest, UpsertLocationsRequest,
+        availability_service_client::AvailabilityServiceClient,
     },
     common::v1::{CellRef, GeoPoint},
-    replenishment::v1::{ListAlertsRequest, RunReplenishmentRequest, replenishment_service_client::ReplenishmentServiceClient},
-    reservation::v1::{ConfirmReservationRequest, ReleaseReason, ReleaseReservationRequest, reservation_service_client::ReservationServiceClient},
+    replenishment::v1::{
+        ListAlertsRequest, RunReplenishmentRequest, replenishment_service_client::ReplenishmentServiceClient,
+    },
+    reservation::v1::{
+        ConfirmReservationRequest, ReleaseReason, ReleaseReservationRequest,
+        reservation_service_client::ReservationServiceClient,
+    },
     sourcing::v1::{OrderLine, SourceOrderRequest, sourcing_service_client::SourcingServiceClient},
 };
 use serde::{Deserialize, Serialize};
@@ -209,11 +215,16 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
         })
         .collect();
     let sellers: Vec<SellerRow> = read_csv(dir, "sellers.csv")?;
-    let customers: HashMap<String, String> =
-        read_csv::<CustomerRow>(dir, "customers.csv")?.into_iter().map(|c| (c.customer_id, c.customer_zip_code_prefix)).collect();
+    let customers: HashMap<String, String> = read_csv::<CustomerRow>(dir, "customers.csv")?
+        .into_iter()
+        .map(|c| (c.customer_id, c.customer_zip_code_prefix))
+        .collect();
     let products: Vec<ProductRow> = read_csv(dir, "products.csv")?;
     let mut orders_rows: Vec<OrderRow> = read_csv(dir, "orders.csv")?;
-    orders_rows.sort_by(|a, b| (a.order_purchase_timestamp.as_str(), a.order_id.as_str()).cmp(&(b.order_purchase_timestamp.as_str(), b.order_id.as_str())));
+    orders_rows.sort_by(|a, b| {
+        (a.order_purchase_timestamp.as_str(), a.order_id.as_str())
+            .cmp(&(b.order_purchase_timestamp.as_str(), b.order_id.as_str()))
+    });
     if let Some(limit) = options.limit {
         orders_rows.truncate(limit);
     }
@@ -250,7 +261,13 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
         availability.upsert_locations(UpsertLocationsRequest { locations }).await.context("UpsertLocations")?;
     }
     availability
-        .upsert_channels(UpsertChannelsRequest { channels: vec![ChannelMsg { channel_id: CHANNEL_ID.into(), location_ids: location_ids.clone(), buffer_units: 0 }] })
+        .upsert_channels(UpsertChannelsRequest {
+            channels: vec![ChannelMsg {
+                channel_id: CHANNEL_ID.into(),
+                location_ids: location_ids.clone(),
+                buffer_units: 0,
+            }],
+        })
         .await
         .context("UpsertChannels")?;
     for chunk in products.chunks(5000) {
@@ -279,7 +296,12 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
         }
         let index = orders.len();
         let customer = customers.get(&row.customer_id).and_then(|zip| geo.get(zip)).copied();
-        orders.push(Order { id: format!("{}:{}", options.run_id, row.order_id), customer, lines, sellers: items.iter().map(|i| i.seller_id.clone()).collect() });
+        orders.push(Order {
+            id: format!("{}:{}", options.run_id, row.order_id),
+            customer,
+            lines,
+            sellers: items.iter().map(|i| i.seller_id.clone()).collect(),
+        });
         timeline.push((purchase, Step::Source, index));
         let cancelled = matches!(row.order_status.as_str(), "canceled" | "unavailable");
         match parse_time(&row.order_approved_at).map(|t| t.max(purchase)) {
@@ -338,7 +360,10 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
         without_items
     );
     for chunk in receipts.chunks(500) {
-        let results = availability.ingest_events(IngestEventsRequest { events: chunk.to_vec() }).await.context("IngestEvents (initial stock)")?;
+        let results = availability
+            .ingest_events(IngestEventsRequest { events: chunk.to_vec() })
+            .await
+            .context("IngestEvents (initial stock)")?;
         for result in results.into_inner().results {
             if result.outcome != EventOutcome::Applied as i32 {
                 bail!("initial stock event {} was not applied: {}", result.event_id, result.reason);
@@ -356,18 +381,35 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
     let (mut our_distance, mut baseline_distance, mut distance_orders) = (0.0f64, 0.0f64, 0u64);
     let progress = if options.show_progress { ProgressBar::new(timeline.len() as u64) } else { ProgressBar::hidden() };
     progress.set_style(
-        ProgressStyle::with_template("{spinner} replay [{elapsed_precise}] {bar:40} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} replay [{elapsed_precise}] {bar:40} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    for (at, step, index) in &timeline {
+    // Without a terminal the bar is hidden; print a line every 10 % instead.
+    let plain_progress = options.show_progress && progress.is_hidden();
+    let tenth = (timeline.len() / 10).max(1);
+    for (done, (at, step, index)) in timeline.iter().enumerate() {
         progress.inc(1);
+        if plain_progress && done % tenth == 0 && done > 0 {
+            eprintln!(
+                "replay: {}% ({done}/{} steps, {:.0} s)",
+                done * 100 / timeline.len(),
+                timeline.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         let order = &orders[*index];
         let state = &mut states[*index];
         match step {
             Step::Source => {
                 let request = SourceOrderRequest {
                     order_id: order.id.clone(),
-                    lines: order.lines.iter().map(|(p, units)| OrderLine { sku: sku(p), quantity_units: *units }).collect(),
+                    lines: order
+                        .lines
+                        .iter()
+                        .map(|(p, units)| OrderLine { sku: sku(p), quantity_units: *units })
+                        .collect(),
                     ship_to: order.customer.map(|(lat, lon)| GeoPoint { lat, lon }),
                     channel_id: CHANNEL_ID.into(),
                     allow_split: true,
@@ -401,7 +443,8 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                 for shipment in &plan.shipments {
                     for line in &shipment.lines {
                         state.planned.push((shipment.location_id.clone(), line.sku.clone(), line.quantity_units));
-                        book.entry((line.sku.clone(), shipment.location_id.clone())).or_default().held += line.quantity_units;
+                        book.entry((line.sku.clone(), shipment.location_id.clone())).or_default().held +=
+                            line.quantity_units;
                         units_total += line.quantity_units;
                         weighted += shipment.distance_km * line.quantity_units as f64;
                     }
@@ -418,7 +461,10 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                 }
             }
             Step::Confirm if !state.reservation_id.is_empty() => {
-                let request = ConfirmReservationRequest { reservation_id: state.reservation_id.clone(), occurred_at: Some(timestamp(*at)) };
+                let request = ConfirmReservationRequest {
+                    reservation_id: state.reservation_id.clone(),
+                    occurred_at: Some(timestamp(*at)),
+                };
                 match reservation.confirm_reservation(request).await {
                     Ok(_) => {
                         state.confirmed = true;
@@ -430,7 +476,11 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                     }
                     Err(status) if status.code() == Code::FailedPrecondition => {
                         confirms_failed += 1;
-                        progress.println(format!("replay: confirm of {} refused: {}", state.reservation_id, status.message()));
+                        progress.println(format!(
+                            "replay: confirm of {} refused: {}",
+                            state.reservation_id,
+                            status.message()
+                        ));
                     }
                     Err(status) => bail!("ConfirmReservation {} failed: {status}", state.reservation_id),
                 }
@@ -451,7 +501,12 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                         ..InventoryEvent::default()
                     })
                     .collect();
-                let results = availability.ingest_events(IngestEventsRequest { events }).await.context("IngestEvents (shipment)")?.into_inner().results;
+                let results = availability
+                    .ingest_events(IngestEventsRequest { events })
+                    .await
+                    .context("IngestEvents (shipment)")?
+                    .into_inner()
+                    .results;
                 for (result, (location, sku, units)) in results.iter().zip(&state.planned) {
                     if result.outcome != EventOutcome::Applied as i32 || result.fulfilled_units != *units {
                         bail!("shipment {} was not applied in full: {:?}", result.event_id, result);
@@ -468,7 +523,10 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                     reservation_id: state.reservation_id.clone(),
                     reason: if state.confirmed { ReleaseReason::Cancelled } else { ReleaseReason::Abandoned } as i32,
                 };
-                reservation.release_reservation(request).await.with_context(|| format!("ReleaseReservation {}", state.reservation_id))?;
+                reservation
+                    .release_reservation(request)
+                    .await
+                    .with_context(|| format!("ReleaseReservation {}", state.reservation_id))?;
                 for (location, sku, units) in &state.planned {
                     let cell = book.entry((sku.clone(), location.clone())).or_default();
                     if state.confirmed {
@@ -489,29 +547,51 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut replenishment = ReplenishmentServiceClient::new(targets.replenishment.clone());
     replenishment.run_replenishment(RunReplenishmentRequest {}).await.context("RunReplenishment")?;
-    let alerts = replenishment.list_alerts(ListAlertsRequest { include_closed: true }).await.context("ListAlerts")?.into_inner().alerts;
-    let alerts_raised = alerts.iter().filter(|a| a.cell.as_ref().is_some_and(|c| c.sku.starts_with(&format!("{}:", options.run_id)))).count() as u64;
+    let alerts = replenishment
+        .list_alerts(ListAlertsRequest { include_closed: true })
+        .await
+        .context("ListAlerts")?
+        .into_inner()
+        .alerts;
+    let alerts_raised = alerts
+        .iter()
+        .filter(|a| a.cell.as_ref().is_some_and(|c| c.sku.starts_with(&format!("{}:", options.run_id))))
+        .count() as u64;
 
     // Invariants: the book, the live counters and the services' own reconcile.
     let units_oversold: i64 = book.values().map(|c| (c.held + c.committed + c.shipped - c.supply).max(0)).sum();
     let mut differences = Vec::new();
     let cells: Vec<(&(String, String), &CellBook)> = book.iter().collect();
     for chunk in cells.chunks(500) {
-        let request = GetCellAtpRequest { cells: chunk.iter().map(|((sku, loc), _)| CellRef { sku: sku.clone(), location_id: loc.clone() }).collect() };
+        let request = GetCellAtpRequest {
+            cells: chunk.iter().map(|((sku, loc), _)| CellRef { sku: sku.clone(), location_id: loc.clone() }).collect(),
+        };
         let live = availability.get_cell_atp(request).await.context("GetCellAtp")?.into_inner().cells;
         for (((sku, loc), expected), got) in chunk.iter().zip(live) {
             let expected_on_hand = expected.supply - expected.shipped;
-            if (got.on_hand_units, got.held_units, got.committed_units) != (expected_on_hand, expected.held, expected.committed) {
+            if (got.on_hand_units, got.held_units, got.committed_units)
+                != (expected_on_hand, expected.held, expected.committed)
+            {
                 differences.push(format!(
                     "{sku}@{loc}: live on_hand/held/committed {}/{}/{} but the replay's book says {}/{}/{}",
-                    got.on_hand_units, got.held_units, got.committed_units, expected_on_hand, expected.held, expected.committed
+                    got.on_hand_units,
+                    got.held_units,
+                    got.committed_units,
+                    expected_on_hand,
+                    expected.held,
+                    expected.committed
                 ));
             }
         }
     }
-    let reconcile = crate::reconcile::reconcile(targets.availability.clone(), targets.reservation.clone()).await.context("ReconcileCounters")?;
+    let reconcile = crate::reconcile::reconcile(targets.availability.clone(), targets.reservation.clone())
+        .await
+        .context("ReconcileCounters")?;
     for d in &reconcile.differences {
-        differences.push(format!("reconcile: {:?} {}: counter {} expected {} ({})", d.cell, d.field, d.counter_value, d.expected_value, d.detail));
+        differences.push(format!(
+            "reconcile: {:?} {}: counter {} expected {} ({})",
+            d.cell, d.field, d.counter_value, d.expected_value, d.detail
+        ));
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     let report = ReplayReport {

@@ -14,12 +14,18 @@ use test_support::{Backend, TestMesh, parts};
 
 fn dataset() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/olist-ecommerce-subset");
-    assert!(path.join("orders.csv").exists(), "the Olist data is expected at {} (../shared beside the repository)", path.display());
+    assert!(
+        path.join("orders.csv").exists(),
+        "the Olist data is expected at {} (../shared beside the repository)",
+        path.display()
+    );
     path
 }
 
 fn targets(mesh: &TestMesh) -> Targets {
-    let channel = |kind: ServiceKind| tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.addrs[&kind])).unwrap().connect_lazy();
+    let channel = |kind: ServiceKind| {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.addrs[&kind])).unwrap().connect_lazy()
+    };
     Targets {
         availability: channel(ServiceKind::Availability),
         reservation: channel(ServiceKind::Reservation),
@@ -30,7 +36,13 @@ fn targets(mesh: &TestMesh) -> Targets {
 
 async fn replay_first_orders(backend: Backend, stock_factor: f64) -> replay::ReplayReport {
     let mesh = TestMesh::start(backend).await;
-    let options = ReplayOptions { dataset: dataset(), stock_factor, limit: Some(2_000), run_id: "t".into(), show_progress: false };
+    let options = ReplayOptions {
+        dataset: dataset(),
+        stock_factor,
+        limit: Some(2_000),
+        run_id: "t".into(),
+        show_progress: false,
+    };
     let report = replay::replay(&options, &targets(&mesh)).await.unwrap();
     mesh.stop().await;
     report
@@ -98,19 +110,39 @@ async fn an_embedded_mesh_restarted_on_its_sqlite_file_rebuilds_its_counters() {
     let client = |kind: ServiceKind, running: &mesh::RunningMesh| {
         tonic::transport::Endpoint::from_shared(format!("http://{}", running.addrs[&kind])).unwrap().connect_lazy()
     };
-    let mut availability = mesh_proto::availability::v1::availability_service_client::AvailabilityServiceClient::new(client(ServiceKind::Availability, &running));
-    let mut reservation = mesh_proto::reservation::v1::reservation_service_client::ReservationServiceClient::new(client(ServiceKind::Reservation, &running));
+    let mut availability = mesh_proto::availability::v1::availability_service_client::AvailabilityServiceClient::new(
+        client(ServiceKind::Availability, &running),
+    );
+    let mut reservation = mesh_proto::reservation::v1::reservation_service_client::ReservationServiceClient::new(
+        client(ServiceKind::Reservation, &running),
+    );
     use mesh_proto::{availability::v1 as av, reservation::v1 as rv};
     availability
-        .ingest_events(av::IngestEventsRequest { events: vec![test_support::event("r1", av::EventType::Receipt, "A", "L1", 10, 1_000)] })
+        .ingest_events(av::IngestEventsRequest {
+            events: vec![test_support::event("r1", av::EventType::Receipt, "A", "L1", 10, 1_000)],
+        })
         .await
         .unwrap();
     let line = |units| vec![rv::ReservationLine { sku: "A".into(), location_id: "L1".into(), quantity_units: units }];
     for (id, units) in [("held", 2), ("confirmed", 3), ("shipped", 4)] {
-        reservation.create_reservation(rv::CreateReservationRequest { reservation_id: id.into(), lines: line(units), ttl_ms: 600_000, ..Default::default() }).await.unwrap();
+        reservation
+            .create_reservation(rv::CreateReservationRequest {
+                reservation_id: id.into(),
+                lines: line(units),
+                ttl_ms: 600_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
-    reservation.confirm_reservation(rv::ConfirmReservationRequest { reservation_id: "confirmed".into(), occurred_at: None }).await.unwrap();
-    reservation.confirm_reservation(rv::ConfirmReservationRequest { reservation_id: "shipped".into(), occurred_at: None }).await.unwrap();
+    reservation
+        .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: "confirmed".into(), occurred_at: None })
+        .await
+        .unwrap();
+    reservation
+        .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: "shipped".into(), occurred_at: None })
+        .await
+        .unwrap();
     let mut ship = test_support::event("s1", av::EventType::Shipment, "A", "L1", 1, 2_000);
     ship.reservation_id = "shipped".into();
     availability.ingest_events(av::IngestEventsRequest { events: vec![ship] }).await.unwrap();
@@ -122,10 +154,22 @@ async fn an_embedded_mesh_restarted_on_its_sqlite_file_rebuilds_its_counters() {
     let CounterEngine::Memory(_) = restarted.engine.clone().unwrap() else { panic!("embedded engine expected") };
     let after = restarted.engine.clone().unwrap().read_cells(std::slice::from_ref(&cell)).await.unwrap()[0];
     assert_eq!(after, before, "counters rebuilt from the durable records");
-    let mut availability = mesh_proto::availability::v1::availability_service_client::AvailabilityServiceClient::new(client(ServiceKind::Availability, &restarted));
-    let cells = availability.get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell("A", "L1")] }).await.unwrap().into_inner().cells;
+    let mut availability = mesh_proto::availability::v1::availability_service_client::AvailabilityServiceClient::new(
+        client(ServiceKind::Availability, &restarted),
+    );
+    let cells = availability
+        .get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell("A", "L1")] })
+        .await
+        .unwrap()
+        .into_inner()
+        .cells;
     assert_eq!(parts(&cells[0]), (9, 2, 6, 1));
-    let report = inventory_mesh::reconcile::reconcile(client(ServiceKind::Availability, &restarted), client(ServiceKind::Reservation, &restarted)).await.unwrap();
+    let report = inventory_mesh::reconcile::reconcile(
+        client(ServiceKind::Availability, &restarted),
+        client(ServiceKind::Reservation, &restarted),
+    )
+    .await
+    .unwrap();
     assert!(report.is_clean(), "{:#?}", report.differences);
     restarted.stop().await;
 }

@@ -75,10 +75,16 @@ pub enum ReserveOutcome {
 /// What a confirm did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfirmOutcome {
-    Confirmed { now_ms: i64 },
-    AlreadyConfirmed { now_ms: i64 },
+    Confirmed {
+        now_ms: i64,
+    },
+    AlreadyConfirmed {
+        now_ms: i64,
+    },
     /// No live hold: expired, released or lost. Nothing changed.
-    HoldMissing { now_ms: i64 },
+    HoldMissing {
+        now_ms: i64,
+    },
 }
 
 /// Units a release returned to ATP.
@@ -204,7 +210,12 @@ impl CounterEngine {
     }
 
     /// Holds every line for `ttl_ms` or nothing.
-    pub async fn reserve(&self, reservation_id: &str, lines: &[CellUnits], ttl_ms: u64) -> CounterResult<ReserveOutcome> {
+    pub async fn reserve(
+        &self,
+        reservation_id: &str,
+        lines: &[CellUnits],
+        ttl_ms: u64,
+    ) -> CounterResult<ReserveOutcome> {
         match self {
             Self::Memory(m) => Ok(m.reserve(reservation_id, lines, ttl_ms)),
             Self::Redis(r) => r.reserve(reservation_id, lines, ttl_ms).await,

@@ -149,7 +149,12 @@ impl RedisEngine {
             at += 1;
             for _ in 0..commitment_count {
                 let (reservation_id, location) = split_member(&text(&values, at)?)?;
-                snapshot.commitments.push(Entry { reservation_id, location, units: int(&values, at + 1)?, deadline_ms: 0 });
+                snapshot.commitments.push(Entry {
+                    reservation_id,
+                    location,
+                    units: int(&values, at + 1)?,
+                    deadline_ms: 0,
+                });
                 at += 2;
             }
             out.push(snapshot);
@@ -180,7 +185,12 @@ impl RedisEngine {
         counters_from(&values, 0)
     }
 
-    pub(crate) async fn reserve(&self, reservation_id: &str, lines: &[CellUnits], ttl_ms: u64) -> CounterResult<ReserveOutcome> {
+    pub(crate) async fn reserve(
+        &self,
+        reservation_id: &str,
+        lines: &[CellUnits],
+        ttl_ms: u64,
+    ) -> CounterResult<ReserveOutcome> {
         let skus = unique_skus(lines.iter().map(|l| &l.cell.sku));
         let mut invocation = self.invocation(&RESERVE, &skus);
         invocation.arg(reservation_id).arg(ttl_ms).arg(lines.len());
@@ -195,7 +205,10 @@ impl RedisEngine {
                 let mut shortages = Vec::new();
                 for chunk in values[2..].chunks(4) {
                     let group = int(chunk, 0)? as usize;
-                    let sku = skus.get(group.wrapping_sub(1)).cloned().ok_or_else(|| CounterError::Protocol("bad group".into()))?;
+                    let sku = skus
+                        .get(group.wrapping_sub(1))
+                        .cloned()
+                        .ok_or_else(|| CounterError::Protocol("bad group".into()))?;
                     shortages.push(Shortage {
                         cell: Cell::new(sku, text(chunk, 1)?),
                         requested: int(chunk, 2)?,

@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{
-    Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, ManualClock, MemoryEngine, PhysicalChange, RedisEngine, Released,
-    ReserveOutcome, Shortage,
+    Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, ManualClock, MemoryEngine, PhysicalChange,
+    RedisEngine, Released, ReserveOutcome, Shortage,
 };
 use tokio::sync::Barrier;
 
@@ -29,14 +29,20 @@ async fn redis() -> RedisEngine {
     let prefix = format!("c{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     match tokio::time::timeout(Duration::from_secs(5), RedisEngine::connect(&url, &prefix)).await {
         Ok(Ok(engine)) => engine,
-        _ => panic!("Redis is needed at {url}; start it with: redis-server --daemonize yes --port 6379 --save \"\" --appendonly no (or set REDIS_URL)"),
+        _ => panic!(
+            "Redis is needed at {url}; start it with: redis-server --daemonize yes --port 6379 --save \"\" --appendonly no (or set REDIS_URL)"
+        ),
     }
 }
 
 async fn subjects() -> Vec<Subject> {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     vec![
-        Subject { name: "embedded", engine: CounterEngine::Memory(Arc::new(MemoryEngine::new(clock.clone()))), clock: Some(clock) },
+        Subject {
+            name: "embedded",
+            engine: CounterEngine::Memory(Arc::new(MemoryEngine::new(clock.clone()))),
+            clock: Some(clock),
+        },
         Subject { name: "redis", engine: CounterEngine::Redis(redis().await), clock: None },
     ]
 }
@@ -51,7 +57,10 @@ fn line(sku: &str, units: i64) -> CellUnits {
 
 async fn stock(engine: &CounterEngine, sku: &str, on_hand: i64) {
     let version = engine.read_cells(&[cell(sku)]).await.unwrap()[0].on_hand; // any increasing value works below
-    engine.apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version: version + on_hand + 1_000, fulfil: None }).await.unwrap();
+    engine
+        .apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version: version + on_hand + 1_000, fulfil: None })
+        .await
+        .unwrap();
 }
 
 async fn counters(engine: &CounterEngine, sku: &str) -> CellCounters {
@@ -88,9 +97,21 @@ async fn lines_naming_the_same_cell_are_summed_before_the_check_b04() {
         let e = &s.engine;
         stock(e, "A", 5).await;
         let outcome = e.reserve("r1", &[line("A", 3), line("A", 3)], 60_000).await.unwrap();
-        assert_eq!(outcome, ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("A"), requested: 6, available: 5 }] }, "{}", s.name);
+        assert_eq!(
+            outcome,
+            ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("A"), requested: 6, available: 5 }] },
+            "{}",
+            s.name
+        );
         assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
-        assert!(matches!(e.reserve("r2", &[line("A", 2), line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        assert!(
+            matches!(
+                e.reserve("r2", &[line("A", 2), line("A", 3)], 60_000).await.unwrap(),
+                ReserveOutcome::Held { .. }
+            ),
+            "{}",
+            s.name
+        );
         let after = counters(e, "A").await;
         assert_eq!((after.held, after.atp()), (5, 0), "{}", s.name);
     }
@@ -105,8 +126,16 @@ async fn an_expired_hold_is_never_counted_and_never_confirmable() {
         assert_eq!(counters(e, "A").await.held, 1, "{}", s.name);
         s.pass_ms(450).await;
         assert_eq!(counters(e, "A").await, counts(0, 0, 1), "{}: no sweeper ran, the read purges", s.name);
-        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::HoldMissing { .. }), "{}", s.name);
-        assert!(matches!(e.reserve("other", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        assert!(
+            matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::HoldMissing { .. }),
+            "{}",
+            s.name
+        );
+        assert!(
+            matches!(e.reserve("other", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }),
+            "{}",
+            s.name
+        );
         assert_eq!(counters(e, "A").await, counts(1, 0, 1), "{}", s.name);
     }
 }
@@ -119,9 +148,17 @@ async fn confirm_moves_a_live_hold_to_committed_once() {
         e.reserve("h", &[line("A", 3)], 60_000).await.unwrap();
         assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 3, 4), "{}", s.name);
-        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::AlreadyConfirmed { .. }), "{}", s.name);
+        assert!(
+            matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::AlreadyConfirmed { .. }),
+            "{}",
+            s.name
+        );
         assert_eq!(counters(e, "A").await, counts(0, 3, 4), "{}", s.name);
-        assert!(matches!(e.reserve("h", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::AlreadyExists { .. }), "{}", s.name);
+        assert!(
+            matches!(e.reserve("h", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::AlreadyExists { .. }),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -131,7 +168,12 @@ async fn release_returns_units_exactly_once() {
         let e = &s.engine;
         stock(e, "A", 5).await;
         e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
-        assert_eq!(e.release("h", &[cell("A")]).await.unwrap(), Released { hold_units: 2, committed_units: 0 }, "{}", s.name);
+        assert_eq!(
+            e.release("h", &[cell("A")]).await.unwrap(),
+            Released { hold_units: 2, committed_units: 0 },
+            "{}",
+            s.name
+        );
         assert_eq!(e.release("h", &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
     }
@@ -144,16 +186,37 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
         e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 100, version: 1, fulfil: None }).await.unwrap();
         e.reserve("o6", &[line("B", 10)], 60_000).await.unwrap();
         e.confirm("o6", &[cell("B")]).await.unwrap();
-        let shipped = e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 93, version: 2, fulfil: Some(("o6".into(), 7)) }).await.unwrap();
+        let shipped = e
+            .apply_physical(&PhysicalChange {
+                cell: cell("B"),
+                on_hand: 93,
+                version: 2,
+                fulfil: Some(("o6".into(), 7)),
+            })
+            .await
+            .unwrap();
         assert_eq!((shipped.fulfilled_units, shipped.counters), (7, counts(0, 3, 93)), "{}", s.name);
         assert_eq!(shipped.counters.atp(), 90, "{}", s.name);
-        assert_eq!(e.release("o6", &[cell("B")]).await.unwrap(), Released { hold_units: 0, committed_units: 3 }, "{}", s.name);
+        assert_eq!(
+            e.release("o6", &[cell("B")]).await.unwrap(),
+            Released { hold_units: 0, committed_units: 3 },
+            "{}",
+            s.name
+        );
         let after = counters(e, "B").await;
         assert_eq!((after, after.atp()), (counts(0, 0, 93), 93), "{}", s.name);
         // A shipment naming more than remains fulfils only what remains.
         e.reserve("o7", &[line("B", 2)], 60_000).await.unwrap();
         e.confirm("o7", &[cell("B")]).await.unwrap();
-        let over = e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 88, version: 3, fulfil: Some(("o7".into(), 5)) }).await.unwrap();
+        let over = e
+            .apply_physical(&PhysicalChange {
+                cell: cell("B"),
+                on_hand: 88,
+                version: 3,
+                fulfil: Some(("o7".into(), 5)),
+            })
+            .await
+            .unwrap();
         assert_eq!((over.fulfilled_units, over.counters.committed), (2, 0), "{}", s.name);
     }
 }
@@ -163,9 +226,11 @@ async fn an_older_position_version_never_overwrites_a_newer_one() {
     for s in subjects().await {
         let e = &s.engine;
         e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 10, version: 5, fulfil: None }).await.unwrap();
-        let late = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 4, fulfil: None }).await.unwrap();
+        let late =
+            e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 4, fulfil: None }).await.unwrap();
         assert_eq!(late.counters.on_hand, 10, "{}", s.name);
-        let newer = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 6, fulfil: None }).await.unwrap();
+        let newer =
+            e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 6, fulfil: None }).await.unwrap();
         assert_eq!(newer.counters.on_hand, 7, "{}", s.name);
     }
 }
@@ -175,14 +240,23 @@ async fn safety_is_never_promised() {
     for s in subjects().await {
         let e = &s.engine;
         stock(e, "A", 5).await;
-        assert_eq!(e.set_safety(&cell("A"), 2).await.unwrap(), CellCounters { on_hand: 5, held: 0, committed: 0, safety: 2 }, "{}", s.name);
+        assert_eq!(
+            e.set_safety(&cell("A"), 2).await.unwrap(),
+            CellCounters { on_hand: 5, held: 0, committed: 0, safety: 2 },
+            "{}",
+            s.name
+        );
         assert_eq!(
             e.reserve("r", &[line("A", 4)], 60_000).await.unwrap(),
             ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: cell("A"), requested: 4, available: 3 }] },
             "{}",
             s.name
         );
-        assert!(matches!(e.reserve("r2", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        assert!(
+            matches!(e.reserve("r2", &[line("A", 3)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -198,7 +272,10 @@ async fn concurrent_reserves_at_a_barrier_never_oversell_b01() {
                     let (engine, barrier, sku) = (s.engine.clone(), barrier.clone(), sku.clone());
                     tokio::spawn(async move {
                         barrier.wait().await;
-                        engine.reserve(&format!("r{i}"), &[CellUnits { cell: Cell::new(sku, "L1"), units: 1 }], 60_000).await.unwrap()
+                        engine
+                            .reserve(&format!("r{i}"), &[CellUnits { cell: Cell::new(sku, "L1"), units: 1 }], 60_000)
+                            .await
+                            .unwrap()
                     })
                 })
                 .collect();

@@ -153,12 +153,14 @@ impl Settings {
     /// # Errors
     /// A file that cannot be read or parsed, an unknown key, or an invalid value.
     pub fn load() -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Ok(path) = std::env::var("MESH_CONFIG") {
             builder = builder.add_source(config::File::with_name(&path).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix("MESH").prefix_separator("__").separator("__").try_parsing(true));
+        builder = builder.add_source(
+            config::Environment::with_prefix("MESH").prefix_separator("__").separator("__").try_parsing(true),
+        );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database.url", url)?;
         }
@@ -194,7 +196,9 @@ impl Settings {
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis") {
             return invalid("redis.url must be empty (embedded engine) or a redis:// URL");
         }
-        if self.reservation.default_hold_ttl.is_zero() || self.reservation.default_hold_ttl > self.reservation.max_hold_ttl {
+        if self.reservation.default_hold_ttl.is_zero()
+            || self.reservation.default_hold_ttl > self.reservation.max_hold_ttl
+        {
             return invalid("reservation.default_hold_ttl must be > 0 and <= reservation.max_hold_ttl");
         }
         if self.sourcing.max_split_nodes == 0 || self.sourcing.max_attempts == 0 {

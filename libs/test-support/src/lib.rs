@@ -34,7 +34,10 @@ pub fn redis_url() -> String {
 
 /// The PostgreSQL URL tests create databases from (DATABASE_URL, else the local default).
 pub fn postgres_url() -> String {
-    std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres")).unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A fresh key prefix.
@@ -133,7 +136,8 @@ impl TestMesh {
             listeners.push((kind, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()));
         }
         let recorder = CallRecorder::default();
-        let running = mesh::start(settings.clone(), listeners, db, Some(engine.clone()), Some(recorder.clone())).await.unwrap();
+        let running =
+            mesh::start(settings.clone(), listeners, db, Some(engine.clone()), Some(recorder.clone())).await.unwrap();
         let channel = |kind: ServiceKind| {
             tonic::transport::Endpoint::from_shared(format!("http://{}", running.addrs[&kind])).unwrap().connect_lazy()
         };
@@ -188,7 +192,11 @@ impl TestMesh {
         self.availability
             .clone()
             .upsert_channels(av::UpsertChannelsRequest {
-                channels: vec![av::Channel { channel_id: id.into(), location_ids: locations.iter().map(|l| (*l).to_owned()).collect(), buffer_units: buffer }],
+                channels: vec![av::Channel {
+                    channel_id: id.into(),
+                    location_ids: locations.iter().map(|l| (*l).to_owned()).collect(),
+                    buffer_units: buffer,
+                }],
             })
             .await
             .unwrap();
@@ -196,12 +204,27 @@ impl TestMesh {
 
     /// Ingests one event and returns its result.
     pub async fn event(&self, event: av::InventoryEvent) -> av::EventResult {
-        self.availability.clone().ingest_events(av::IngestEventsRequest { events: vec![event] }).await.unwrap().into_inner().results.remove(0)
+        self.availability
+            .clone()
+            .ingest_events(av::IngestEventsRequest { events: vec![event] })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .remove(0)
     }
 
     /// Receives `units` of `sku` at `location` (a fresh event id).
     pub async fn receive(&self, sku: &str, location: &str, units: i64) -> av::EventResult {
-        self.event(event(&format!("rcv-{}", uuid::Uuid::new_v4().simple()), av::EventType::Receipt, sku, location, units, 1_000)).await
+        self.event(event(
+            &format!("rcv-{}", uuid::Uuid::new_v4().simple()),
+            av::EventType::Receipt,
+            sku,
+            location,
+            units,
+            1_000,
+        ))
+        .await
     }
 
     /// Reads one cell.
@@ -217,13 +240,25 @@ impl TestMesh {
     }
 
     /// Reserves lines `(sku, location, units)` under `id`.
-    pub async fn reserve(&self, id: &str, lines: &[(&str, &str, i64)], ttl_ms: u64) -> Result<rv::Reservation, tonic::Status> {
+    pub async fn reserve(
+        &self,
+        id: &str,
+        lines: &[(&str, &str, i64)],
+        ttl_ms: u64,
+    ) -> Result<rv::Reservation, tonic::Status> {
         self.reservation
             .clone()
             .create_reservation(rv::CreateReservationRequest {
                 reservation_id: id.into(),
                 order_id: String::new(),
-                lines: lines.iter().map(|(s, l, u)| rv::ReservationLine { sku: (*s).into(), location_id: (*l).into(), quantity_units: *u }).collect(),
+                lines: lines
+                    .iter()
+                    .map(|(s, l, u)| rv::ReservationLine {
+                        sku: (*s).into(),
+                        location_id: (*l).into(),
+                        quantity_units: *u,
+                    })
+                    .collect(),
                 ttl_ms,
                 channel_id: String::new(),
             })
@@ -244,15 +279,24 @@ impl TestMesh {
     pub async fn release(&self, id: &str) -> Result<rv::ReleaseReservationResponse, tonic::Status> {
         self.reservation
             .clone()
-            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: rv::ReleaseReason::Cancelled as i32 })
+            .release_reservation(rv::ReleaseReservationRequest {
+                reservation_id: id.into(),
+                reason: rv::ReleaseReason::Cancelled as i32,
+            })
             .await
             .map(tonic::Response::into_inner)
     }
 
     /// Runs both reconcile checks and panics with the differences if any.
     pub async fn assert_reconciled(&self) {
-        let availability = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Availability])).unwrap().connect_lazy();
-        let reservation = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Reservation])).unwrap().connect_lazy();
+        let availability =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Availability]))
+                .unwrap()
+                .connect_lazy();
+        let reservation =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&ServiceKind::Reservation]))
+                .unwrap()
+                .connect_lazy();
         let report = inventory_mesh::reconcile::reconcile(availability, reservation).await.unwrap();
         assert!(report.is_clean(), "reconcile differences: {:#?}", report.differences);
     }
@@ -270,7 +314,10 @@ pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i6
         r#type: kind as i32,
         cell: Some(cell(sku, location)),
         quantity_units: units,
-        occurred_at: Some(prost_types::Timestamp { seconds: at_ms.div_euclid(1000), nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32 }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: at_ms.div_euclid(1000),
+            nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
         source_system: "test".into(),
         reservation_id: String::new(),
         restockable: true,

@@ -68,7 +68,12 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
         Ok(pb::EventType::Return) => EventKind::Return,
         Ok(pb::EventType::Adjustment) => EventKind::Adjustment,
         Ok(pb::EventType::Count) => EventKind::Count,
-        _ => return Err(service_kit::invalid_argument(&field("type"), "must be RECEIPT, SHIPMENT, RETURN, ADJUSTMENT or COUNT")),
+        _ => {
+            return Err(service_kit::invalid_argument(
+                &field("type"),
+                "must be RECEIPT, SHIPMENT, RETURN, ADJUSTMENT or COUNT",
+            ));
+        }
     };
     let quantity_ok = match kind {
         EventKind::Adjustment => e.quantity_units != 0,
@@ -86,7 +91,8 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
     if e.quantity_units.abs() > 1_000_000_000_000 {
         return Err(service_kit::invalid_argument(&field("quantity_units"), "is out of range"));
     }
-    let occurred_at = e.occurred_at.as_ref().ok_or_else(|| service_kit::invalid_argument(&field("occurred_at"), "is required"))?;
+    let occurred_at =
+        e.occurred_at.as_ref().ok_or_else(|| service_kit::invalid_argument(&field("occurred_at"), "is required"))?;
     let occurred_at_ms = service_kit::error::timestamp_ms(&field("occurred_at"), occurred_at)?;
     let reservation_id = if e.reservation_id.is_empty() {
         None
@@ -244,7 +250,10 @@ impl AvailabilityApi {
 #[tonic::async_trait]
 impl AvailabilityService for AvailabilityApi {
     #[tracing::instrument(skip_all, fields(count = request.get_ref().locations.len()))]
-    async fn upsert_locations(&self, request: Request<pb::UpsertLocationsRequest>) -> Result<Response<pb::UpsertLocationsResponse>, Status> {
+    async fn upsert_locations(
+        &self,
+        request: Request<pb::UpsertLocationsRequest>,
+    ) -> Result<Response<pb::UpsertLocationsResponse>, Status> {
         let request = request.into_inner();
         check_size("locations", request.locations.len(), 10_000)?;
         let mut records = Vec::with_capacity(request.locations.len());
@@ -252,16 +261,29 @@ impl AvailabilityService for AvailabilityApi {
             validate_id(&format!("locations[{i}].location_id"), &l.location_id)?;
             let position = match &l.position {
                 Some(p) if valid_point(p) => Some((p.lat, p.lon)),
-                Some(_) => return Err(service_kit::invalid_argument(&format!("locations[{i}].position"), "lat must be in [-90, 90] and lon in [-180, 180]")),
+                Some(_) => {
+                    return Err(service_kit::invalid_argument(
+                        &format!("locations[{i}].position"),
+                        "lat must be in [-90, 90] and lon in [-180, 180]",
+                    ));
+                }
                 None => None,
             };
-            records.push(LocationRecord { location_id: l.location_id.clone(), kind: l.r#type, position, priority: l.priority });
+            records.push(LocationRecord {
+                location_id: l.location_id.clone(),
+                kind: l.r#type,
+                position,
+                priority: l.priority,
+            });
         }
         self.store.upsert_locations(&records).await?;
         Ok(Response::new(pb::UpsertLocationsResponse { upserted: records.len() as u32 }))
     }
 
-    async fn list_locations(&self, _request: Request<pb::ListLocationsRequest>) -> Result<Response<pb::ListLocationsResponse>, Status> {
+    async fn list_locations(
+        &self,
+        _request: Request<pb::ListLocationsRequest>,
+    ) -> Result<Response<pb::ListLocationsResponse>, Status> {
         let locations = self.store.list_locations().await?;
         Ok(Response::new(pb::ListLocationsResponse {
             locations: locations
@@ -276,7 +298,10 @@ impl AvailabilityService for AvailabilityApi {
         }))
     }
 
-    async fn upsert_items(&self, request: Request<pb::UpsertItemsRequest>) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+    async fn upsert_items(
+        &self,
+        request: Request<pb::UpsertItemsRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let request = request.into_inner();
         check_size("items", request.items.len(), 10_000)?;
         let mut items = Vec::with_capacity(request.items.len());
@@ -285,7 +310,10 @@ impl AvailabilityService for AvailabilityApi {
             for (j, substitute) in item.substitute_skus.iter().enumerate() {
                 validate_id(&format!("items[{i}].substitute_skus[{j}]"), substitute)?;
                 if *substitute == item.sku {
-                    return Err(service_kit::invalid_argument(&format!("items[{i}].substitute_skus[{j}]"), "an item cannot substitute itself"));
+                    return Err(service_kit::invalid_argument(
+                        &format!("items[{i}].substitute_skus[{j}]"),
+                        "an item cannot substitute itself",
+                    ));
                 }
             }
             items.push((item.sku.clone(), item.substitute_skus.clone()));
@@ -297,11 +325,15 @@ impl AvailabilityService for AvailabilityApi {
     async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::GetItemResponse>, Status> {
         let sku = request.into_inner().sku;
         validate_id("sku", &sku)?;
-        let substitutes = self.store.get_item(&sku).await?.ok_or_else(|| AvailabilityError::NotFound(format!("item {sku}")))?;
+        let substitutes =
+            self.store.get_item(&sku).await?.ok_or_else(|| AvailabilityError::NotFound(format!("item {sku}")))?;
         Ok(Response::new(pb::GetItemResponse { item: Some(pb::Item { sku, substitute_skus: substitutes }) }))
     }
 
-    async fn upsert_channels(&self, request: Request<pb::UpsertChannelsRequest>) -> Result<Response<pb::UpsertChannelsResponse>, Status> {
+    async fn upsert_channels(
+        &self,
+        request: Request<pb::UpsertChannelsRequest>,
+    ) -> Result<Response<pb::UpsertChannelsResponse>, Status> {
         let request = request.into_inner();
         check_size("channels", request.channels.len(), 1000)?;
         let mut records = Vec::with_capacity(request.channels.len());
@@ -314,22 +346,40 @@ impl AvailabilityService for AvailabilityApi {
             if c.buffer_units < 0 {
                 return Err(service_kit::invalid_argument(&format!("channels[{i}].buffer_units"), "must be >= 0"));
             }
-            records.push(ChannelRecord { channel_id: c.channel_id.clone(), location_ids: c.location_ids.clone(), buffer_units: c.buffer_units });
+            records.push(ChannelRecord {
+                channel_id: c.channel_id.clone(),
+                location_ids: c.location_ids.clone(),
+                buffer_units: c.buffer_units,
+            });
         }
         self.store.upsert_channels(&records).await?;
         Ok(Response::new(pb::UpsertChannelsResponse { upserted: records.len() as u32 }))
     }
 
-    async fn get_channel(&self, request: Request<pb::GetChannelRequest>) -> Result<Response<pb::GetChannelResponse>, Status> {
+    async fn get_channel(
+        &self,
+        request: Request<pb::GetChannelRequest>,
+    ) -> Result<Response<pb::GetChannelResponse>, Status> {
         let channel_id = request.into_inner().channel_id;
         validate_id("channel_id", &channel_id)?;
-        let channel = self.store.get_channel(&channel_id).await?.ok_or_else(|| AvailabilityError::NotFound(format!("channel {channel_id}")))?;
+        let channel = self
+            .store
+            .get_channel(&channel_id)
+            .await?
+            .ok_or_else(|| AvailabilityError::NotFound(format!("channel {channel_id}")))?;
         Ok(Response::new(pb::GetChannelResponse {
-            channel: Some(pb::Channel { channel_id: channel.channel_id, location_ids: channel.location_ids, buffer_units: channel.buffer_units }),
+            channel: Some(pb::Channel {
+                channel_id: channel.channel_id,
+                location_ids: channel.location_ids,
+                buffer_units: channel.buffer_units,
+            }),
         }))
     }
 
-    async fn set_safety_stock(&self, request: Request<pb::SetSafetyStockRequest>) -> Result<Response<pb::SetSafetyStockResponse>, Status> {
+    async fn set_safety_stock(
+        &self,
+        request: Request<pb::SetSafetyStockRequest>,
+    ) -> Result<Response<pb::SetSafetyStockResponse>, Status> {
         let request = request.into_inner();
         check_size("cells", request.cells.len(), MAX_QUERY_SIZE)?;
         let mut parsed = Vec::with_capacity(request.cells.len());
@@ -350,7 +400,10 @@ impl AvailabilityService for AvailabilityApi {
     }
 
     #[tracing::instrument(skip_all, fields(count = request.get_ref().events.len()))]
-    async fn ingest_events(&self, request: Request<pb::IngestEventsRequest>) -> Result<Response<pb::IngestEventsResponse>, Status> {
+    async fn ingest_events(
+        &self,
+        request: Request<pb::IngestEventsRequest>,
+    ) -> Result<Response<pb::IngestEventsResponse>, Status> {
         let request = request.into_inner();
         check_size("events", request.events.len(), MAX_EVENTS_PER_BATCH)?;
         // Validate the whole batch before applying any of it: bad input changes nothing.
@@ -373,15 +426,28 @@ impl AvailabilityService for AvailabilityApi {
         Ok(Response::new(pb::IngestEventsResponse { results }))
     }
 
-    async fn get_cell_atp(&self, request: Request<pb::GetCellAtpRequest>) -> Result<Response<pb::GetCellAtpResponse>, Status> {
+    async fn get_cell_atp(
+        &self,
+        request: Request<pb::GetCellAtpRequest>,
+    ) -> Result<Response<pb::GetCellAtpResponse>, Status> {
         let request = request.into_inner();
         check_size("cells", request.cells.len(), MAX_QUERY_SIZE)?;
-        let cells = request.cells.iter().enumerate().map(|(i, c)| cell_from(&format!("cells[{i}]"), Some(c))).collect::<Result<Vec<_>, _>>()?;
+        let cells = request
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cell_from(&format!("cells[{i}]"), Some(c)))
+            .collect::<Result<Vec<_>, _>>()?;
         let counters = self.engine.read_cells(&cells).await.map_err(AvailabilityError::from)?;
-        Ok(Response::new(pb::GetCellAtpResponse { cells: cells.iter().zip(&counters).map(|(c, n)| quantities(c, n)).collect() }))
+        Ok(Response::new(pb::GetCellAtpResponse {
+            cells: cells.iter().zip(&counters).map(|(c, n)| quantities(c, n)).collect(),
+        }))
     }
 
-    async fn get_location_set_atp(&self, request: Request<pb::GetLocationSetAtpRequest>) -> Result<Response<pb::GetLocationSetAtpResponse>, Status> {
+    async fn get_location_set_atp(
+        &self,
+        request: Request<pb::GetLocationSetAtpRequest>,
+    ) -> Result<Response<pb::GetLocationSetAtpResponse>, Status> {
         let request = request.into_inner();
         check_size("skus", request.skus.len(), MAX_QUERY_SIZE)?;
         check_size("location_ids", request.location_ids.len(), 100_000)?;
@@ -395,7 +461,10 @@ impl AvailabilityService for AvailabilityApi {
         Ok(Response::new(pb::GetLocationSetAtpResponse { skus }))
     }
 
-    async fn get_channel_atp(&self, request: Request<pb::GetChannelAtpRequest>) -> Result<Response<pb::GetChannelAtpResponse>, Status> {
+    async fn get_channel_atp(
+        &self,
+        request: Request<pb::GetChannelAtpRequest>,
+    ) -> Result<Response<pb::GetChannelAtpResponse>, Status> {
         let request = request.into_inner();
         validate_id("channel_id", &request.channel_id)?;
         check_size("skus", request.skus.len(), MAX_QUERY_SIZE)?;
@@ -411,7 +480,10 @@ impl AvailabilityService for AvailabilityApi {
         Ok(Response::new(pb::GetChannelAtpResponse { skus }))
     }
 
-    async fn reconcile_counters(&self, _request: Request<pb::ReconcileCountersRequest>) -> Result<Response<pb::ReconcileCountersResponse>, Status> {
+    async fn reconcile_counters(
+        &self,
+        _request: Request<pb::ReconcileCountersRequest>,
+    ) -> Result<Response<pb::ReconcileCountersResponse>, Status> {
         Ok(Response::new(self.reconcile().await?))
     }
 }

@@ -118,14 +118,22 @@ pub fn apply_event(position: Position, event: &InventoryEvent, deltas_after_coun
             let on_hand = event.quantity + deltas_after_count;
             (
                 Outcome::Applied,
-                Position { on_hand, last_count_at_ms: Some(event.occurred_at_ms), version: position.version + 1, ..position },
+                Position {
+                    on_hand,
+                    last_count_at_ms: Some(event.occurred_at_ms),
+                    version: position.version + 1,
+                    ..position
+                },
             )
         }
         Some(delta) => {
             if counted_at.is_some_and(|at| event.occurred_at_ms <= at) {
                 return (Outcome::Stale, position);
             }
-            (Outcome::Applied, Position { on_hand: position.on_hand + delta, version: position.version + 1, ..position })
+            (
+                Outcome::Applied,
+                Position { on_hand: position.on_hand + delta, version: position.version + 1, ..position },
+            )
         }
     }
 }

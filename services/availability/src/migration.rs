@@ -1,7 +1,7 @@
 //! The availability service's migrations (its own migration table, so services sharing one
 //! database never collide).
 use sea_orm::Schema;
-use sea_orm_migration::{prelude::*, MigratorTrait};
+use sea_orm_migration::{MigratorTrait, prelude::*};
 
 use crate::store::entities::{channel, event, item, location, position};
 
@@ -49,7 +49,13 @@ mod m20261203_000001_create_tables {
         }
 
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-            for table in [event::Entity.into_iden(), position::Entity.into_iden(), channel::Entity.into_iden(), item::Entity.into_iden(), location::Entity.into_iden()] {
+            for table in [
+                event::Entity.into_iden(),
+                position::Entity.into_iden(),
+                channel::Entity.into_iden(),
+                item::Entity.into_iden(),
+                location::Entity.into_iden(),
+            ] {
                 manager.drop_table(Table::drop().table(table).if_exists().to_owned()).await?;
             }
             Ok(())

@@ -234,9 +234,10 @@ impl AvailabilityStore {
     /// Creates or replaces items.
     pub async fn upsert_items(&self, items: &[(String, Vec<String>)]) -> AvailabilityResult<()> {
         for chunk in items.chunks(500) {
-            let models = chunk
-                .iter()
-                .map(|(sku, substitutes)| item::ActiveModel { sku: Set(sku.clone()), substitutes: Set(join(substitutes)) });
+            let models = chunk.iter().map(|(sku, substitutes)| item::ActiveModel {
+                sku: Set(sku.clone()),
+                substitutes: Set(join(substitutes)),
+            });
             item::Entity::insert_many(models)
                 .on_conflict(OnConflict::column(item::Column::Sku).update_column(item::Column::Substitutes).to_owned())
                 .exec(&self.db)
@@ -342,7 +343,8 @@ impl AvailabilityStore {
                 }
             });
         }
-        let stored = position::Entity::find_by_id((event.cell.sku.clone(), event.cell.location.clone())).one(&txn).await?;
+        let stored =
+            position::Entity::find_by_id((event.cell.sku.clone(), event.cell.location.clone())).one(&txn).await?;
         let before = stored.as_ref().map(to_position).unwrap_or_default();
         let deltas_after_count = match event.delta() {
             None => self.deltas_after(&txn, &event.cell, event.occurred_at_ms).await?,

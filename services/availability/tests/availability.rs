@@ -29,8 +29,18 @@ fn after(result: &av::EventResult) -> (i64, i64, i64, i64) {
     parts(result.cell.as_ref().expect("an event result carries its cell"))
 }
 
-fn shipment_of(reservation_id: &str, id: &str, sku: &str, location: &str, units: i64, at_ms: i64) -> av::InventoryEvent {
-    av::InventoryEvent { reservation_id: reservation_id.into(), ..event(id, EventType::Shipment, sku, location, units, at_ms) }
+fn shipment_of(
+    reservation_id: &str,
+    id: &str,
+    sku: &str,
+    location: &str,
+    units: i64,
+    at_ms: i64,
+) -> av::InventoryEvent {
+    av::InventoryEvent {
+        reservation_id: reservation_id.into(),
+        ..event(id, EventType::Shipment, sku, location, units, at_ms)
+    }
 }
 
 async fn ingest(mesh: &TestMesh, events: Vec<av::InventoryEvent>) -> Result<Vec<av::EventResult>, Status> {
@@ -86,7 +96,9 @@ async fn set_safety(mesh: &TestMesh, sku: &str, location: &str, units: i64) -> C
     let mut cells = mesh
         .availability
         .clone()
-        .set_safety_stock(av::SetSafetyStockRequest { cells: vec![av::SafetyStock { cell: Some(cell(sku, location)), safety_units: units }] })
+        .set_safety_stock(av::SetSafetyStockRequest {
+            cells: vec![av::SafetyStock { cell: Some(cell(sku, location)), safety_units: units }],
+        })
         .await
         .expect("set safety")
         .into_inner()
@@ -126,9 +138,24 @@ async fn each_event_kind_changes_on_hand_by_its_delta(mesh: &TestMesh) {
         (event("k-shp", EventType::Shipment, "A", "L1", 3, 2_000), (7, 0, 0, 7)),
         (event("k-ret", EventType::Return, "A", "L1", 2, 3_000), (9, 0, 0, 9)),
         // A non-restockable return is recorded (APPLIED) but adds nothing to sellable stock.
-        (av::InventoryEvent { restockable: false, ..event("k-ret-scrap", EventType::Return, "A", "L1", 4, 3_100) }, (9, 0, 0, 9)),
-        (av::InventoryEvent { reason: "damaged".into(), ..event("k-adj-minus", EventType::Adjustment, "A", "L1", -5, 4_000) }, (4, 0, 0, 4)),
-        (av::InventoryEvent { reason: "found".into(), ..event("k-adj-plus", EventType::Adjustment, "A", "L1", 1, 4_100) }, (5, 0, 0, 5)),
+        (
+            av::InventoryEvent { restockable: false, ..event("k-ret-scrap", EventType::Return, "A", "L1", 4, 3_100) },
+            (9, 0, 0, 9),
+        ),
+        (
+            av::InventoryEvent {
+                reason: "damaged".into(),
+                ..event("k-adj-minus", EventType::Adjustment, "A", "L1", -5, 4_000)
+            },
+            (4, 0, 0, 4),
+        ),
+        (
+            av::InventoryEvent {
+                reason: "found".into(),
+                ..event("k-adj-plus", EventType::Adjustment, "A", "L1", 1, 4_100)
+            },
+            (5, 0, 0, 5),
+        ),
         (event("k-count", EventType::Count, "A", "L1", 12, 5_000), (12, 0, 0, 12)),
         // A delta after the count is added on top of it.
         (event("k-rcv-2", EventType::Receipt, "A", "L1", 1, 6_000), (13, 0, 0, 13)),
@@ -185,7 +212,10 @@ async fn count_as_of_adds_later_deltas_and_older_events_are_stale(mesh: &TestMes
 
     // Redelivery of an applied event: DUPLICATE, acknowledged, no second effect.
     let duplicate = mesh.event(event("c-e2", EventType::Receipt, "A", "L1", 5, 3_000)).await;
-    assert_eq!((outcome(&duplicate), duplicate.reason.as_str(), after(&duplicate)), (EventOutcome::Duplicate, "", (25, 0, 0, 25)));
+    assert_eq!(
+        (outcome(&duplicate), duplicate.reason.as_str(), after(&duplicate)),
+        (EventOutcome::Duplicate, "", (25, 0, 0, 25))
+    );
     // Redelivery of a stale event is a duplicate too.
     let duplicate_stale = mesh.event(event("c-late-before", EventType::Receipt, "A", "L1", 4, 1_500)).await;
     assert_eq!((outcome(&duplicate_stale), after(&duplicate_stale)), (EventOutcome::Duplicate, (25, 0, 0, 25)));
@@ -197,7 +227,10 @@ async fn count_as_of_adds_later_deltas_and_older_events_are_stale(mesh: &TestMes
     assert_eq!(after(&rejected), (25, 0, 0, 25));
     assert_eq!(parts(&mesh.cell("A", "L1").await), (25, 0, 0, 25));
 }
-backend_tests!(count_as_of_adds_later_deltas_and_older_events_are_stale_test, count_as_of_adds_later_deltas_and_older_events_are_stale);
+backend_tests!(
+    count_as_of_adds_later_deltas_and_older_events_are_stale_test,
+    count_as_of_adds_later_deltas_and_older_events_are_stale
+);
 
 async fn shipment_naming_a_reservation_moves_committed_to_shipped(mesh: &TestMesh) {
     mesh.receive("A", "L1", 10).await;
@@ -221,7 +254,10 @@ async fn shipment_naming_a_reservation_moves_committed_to_shipped(mesh: &TestMes
     assert_eq!((status.code(), reason(&status)), (Code::FailedPrecondition, "FULLY_SHIPPED".to_owned()));
     assert_eq!(parts(&mesh.cell("A", "L1").await), (2, 0, 0, 2));
 }
-backend_tests!(shipment_naming_a_reservation_moves_committed_to_shipped_test, shipment_naming_a_reservation_moves_committed_to_shipped);
+backend_tests!(
+    shipment_naming_a_reservation_moves_committed_to_shipped_test,
+    shipment_naming_a_reservation_moves_committed_to_shipped
+);
 
 // ---------------------------------------------------------------------------------------------
 // B09 event redelivery
@@ -236,7 +272,10 @@ async fn b09_sequential_redelivery_applies_once_and_reused_id_is_rejected(mesh: 
     assert_eq!((outcome(&first), after(&first)), (EventOutcome::Applied, (18, 0, 0, 18)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let second = mesh.event(sale()).await;
-    assert_eq!((outcome(&second), second.reason.as_str(), after(&second)), (EventOutcome::Duplicate, "", (18, 0, 0, 18)));
+    assert_eq!(
+        (outcome(&second), second.reason.as_str(), after(&second)),
+        (EventOutcome::Duplicate, "", (18, 0, 0, 18))
+    );
     // Twice in one batch: still one effect.
     let batch = ingest(mesh, vec![sale(), sale()]).await.expect("batch");
     assert_eq!(batch.iter().map(outcome).collect::<Vec<_>>(), vec![EventOutcome::Duplicate, EventOutcome::Duplicate]);
@@ -258,7 +297,10 @@ async fn b09_sequential_redelivery_applies_once_and_reused_id_is_rejected(mesh: 
     assert_eq!((outcome(&moved), after(&moved)), (EventOutcome::Rejected, (18, 0, 0, 18)));
     assert_eq!(parts(&mesh.cell("A", "STORE1").await), (18, 0, 0, 18));
 }
-backend_tests!(b09_sequential_redelivery_applies_once_and_reused_id_is_rejected_test, b09_sequential_redelivery_applies_once_and_reused_id_is_rejected);
+backend_tests!(
+    b09_sequential_redelivery_applies_once_and_reused_id_is_rejected_test,
+    b09_sequential_redelivery_applies_once_and_reused_id_is_rejected
+);
 
 async fn b09_concurrent_redelivery_applies_once(mesh: &TestMesh) {
     const DELIVERIES: usize = 20;
@@ -274,12 +316,18 @@ async fn b09_concurrent_redelivery_applies_once(mesh: &TestMesh) {
             let sale = event(&event_id, EventType::Shipment, "A", "STORE2", 2, NINE_AM_MS);
             deliveries.push(tokio::spawn(async move {
                 barrier.wait().await;
-                client.ingest_events(av::IngestEventsRequest { events: vec![sale] }).await.map(|r| r.into_inner().results)
+                client
+                    .ingest_events(av::IngestEventsRequest { events: vec![sale] })
+                    .await
+                    .map(|r| r.into_inner().results)
             }));
         }
         let (mut applied, mut duplicates) = (0, 0);
         for delivery in deliveries {
-            let results = delivery.await.expect("task").unwrap_or_else(|status| panic!("round {round}: a delivery failed: {status:?}"));
+            let results = delivery
+                .await
+                .expect("task")
+                .unwrap_or_else(|status| panic!("round {round}: a delivery failed: {status:?}"));
             assert_eq!(results.len(), 1);
             match outcome(&results[0]) {
                 EventOutcome::Applied => applied += 1,
@@ -361,7 +409,10 @@ async fn b26a_count_and_shipment_deduct_once_in_either_order(mesh: &TestMesh) {
         assert_eq!(parts(&mesh.cell(sku, "L1").await), (0, 0, 0, 0), "{sku}");
     }
 }
-backend_tests!(b26a_count_and_shipment_deduct_once_in_either_order_test, b26a_count_and_shipment_deduct_once_in_either_order);
+backend_tests!(
+    b26a_count_and_shipment_deduct_once_in_either_order_test,
+    b26a_count_and_shipment_deduct_once_in_either_order
+);
 
 async fn b26b_count_of_a_lost_unit_keeps_the_commitment_and_the_later_shipment_is_accepted(mesh: &TestMesh) {
     mesh.receive("A", "L1", 1).await;
@@ -378,7 +429,10 @@ async fn b26b_count_of_a_lost_unit_keeps_the_commitment_and_the_later_shipment_i
     assert_eq!((shipped.fulfilled_units, after(&shipped)), (1, (-1, 0, 0, -1)));
     assert_eq!(parts(&mesh.cell("A", "L1").await), (-1, 0, 0, -1));
 }
-backend_tests!(b26b_count_of_a_lost_unit_keeps_the_commitment_test, b26b_count_of_a_lost_unit_keeps_the_commitment_and_the_later_shipment_is_accepted);
+backend_tests!(
+    b26b_count_of_a_lost_unit_keeps_the_commitment_test,
+    b26b_count_of_a_lost_unit_keeps_the_commitment_and_the_later_shipment_is_accepted
+);
 
 async fn b27_published_atp_subtracts_commitments_after_receipt_and_resync(mesh: &TestMesh) {
     mesh.channel("web", &["L1"], 0).await;
@@ -406,7 +460,10 @@ async fn b27_published_atp_subtracts_commitments_after_receipt_and_resync(mesh: 
     assert_eq!(parts(&mesh.cell("A", "L1").await), (80, 51, 29, 0));
     assert_eq!(channel_atp(mesh, "web", "A").await, 0);
 }
-backend_tests!(b27_published_atp_subtracts_commitments_test, b27_published_atp_subtracts_commitments_after_receipt_and_resync);
+backend_tests!(
+    b27_published_atp_subtracts_commitments_test,
+    b27_published_atp_subtracts_commitments_after_receipt_and_resync
+);
 
 async fn b29_count_below_holds_goes_negative_and_reductions_still_work(mesh: &TestMesh) {
     mesh.receive("A", "L1", 5).await;
@@ -435,7 +492,10 @@ async fn b29_count_below_holds_goes_negative_and_reductions_still_work(mesh: &Te
     assert_eq!(mesh.release("H2").await.expect("release H2").released_units, 2);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (2, 0, 0, 2));
 }
-backend_tests!(b29_count_below_holds_goes_negative_and_reductions_still_work_test, b29_count_below_holds_goes_negative_and_reductions_still_work);
+backend_tests!(
+    b29_count_below_holds_goes_negative_and_reductions_still_work_test,
+    b29_count_below_holds_goes_negative_and_reductions_still_work
+);
 
 // ---------------------------------------------------------------------------------------------
 // B32 channels, location sets, buffers, safety
@@ -482,7 +542,10 @@ async fn network_atp_clamps_each_cell_at_zero_before_summing(mesh: &TestMesh) {
     mesh.receive("B", "LY", 3).await;
     mesh.reserve("HB", &[("B", "LY", 3)], TTL_MS).await.expect("hold");
     let adjusted = mesh
-        .event(av::InventoryEvent { reason: "damaged".into(), ..event("b-adj", EventType::Adjustment, "B", "LY", -2, 2_000) })
+        .event(av::InventoryEvent {
+            reason: "damaged".into(),
+            ..event("b-adj", EventType::Adjustment, "B", "LY", -2, 2_000)
+        })
         .await;
     assert_eq!((outcome(&adjusted), after(&adjusted)), (EventOutcome::Applied, (1, 3, 0, -2)));
 
@@ -502,13 +565,19 @@ async fn network_atp_clamps_each_cell_at_zero_before_summing(mesh: &TestMesh) {
     assert_eq!(sums(location_set_atp(mesh, &["A"], &["LY", "LZ"]).await), vec![("A".to_owned(), 12)]);
     assert_eq!(sums(location_set_atp(mesh, &["A"], &["LX"]).await), vec![("A".to_owned(), 10)]);
     assert_eq!(sums(location_set_atp(mesh, &["A"], &["LX", "LY", "LZ"]).await), vec![("A".to_owned(), 22)]);
-    assert_eq!(sums(location_set_atp(mesh, &["A", "B"], &["LX", "LY"]).await), vec![("A".to_owned(), 15), ("B".to_owned(), 2)]);
+    assert_eq!(
+        sums(location_set_atp(mesh, &["A", "B"], &["LX", "LY"]).await),
+        vec![("A".to_owned(), 15), ("B".to_owned(), 2)]
+    );
     let nowhere = location_set_atp(mesh, &["A"], &["L-none"]).await;
     assert_eq!((nowhere[0].atp_units, nowhere[0].cells.len()), (0, 0));
     let unknown_sku = location_set_atp(mesh, &["Q"], &["LX"]).await;
     assert_eq!((unknown_sku[0].sku.as_str(), unknown_sku[0].atp_units, unknown_sku[0].cells.len()), ("Q", 0, 0));
 }
-backend_tests!(network_atp_clamps_each_cell_at_zero_before_summing_test, network_atp_clamps_each_cell_at_zero_before_summing);
+backend_tests!(
+    network_atp_clamps_each_cell_at_zero_before_summing_test,
+    network_atp_clamps_each_cell_at_zero_before_summing
+);
 
 async fn channel_buffer_is_subtracted_and_floored_at_zero(mesh: &TestMesh) {
     mesh.receive("A", "L1", 10).await;
@@ -597,7 +666,8 @@ async fn bad_event_batch_is_rejected_whole_naming_the_field(mesh: &TestMesh) {
         assert_invalid(ingest(mesh, vec![bad]).await, field);
     }
     assert_invalid(ingest(mesh, vec![]).await, "events");
-    let too_many: Vec<_> = (0..1001).map(|i| event(&format!("many-{i}"), EventType::Receipt, "A", "L1", 1, 2_000)).collect();
+    let too_many: Vec<_> =
+        (0..1001).map(|i| event(&format!("many-{i}"), EventType::Receipt, "A", "L1", 1, 2_000)).collect();
     assert_invalid(ingest(mesh, too_many).await, "events");
 
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
@@ -605,11 +675,15 @@ async fn bad_event_batch_is_rejected_whole_naming_the_field(mesh: &TestMesh) {
     assert_eq!(outcome(&mesh.event(base()).await), EventOutcome::Applied);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (6, 0, 0, 6));
 }
-backend_tests!(bad_event_batch_is_rejected_whole_naming_the_field_test, bad_event_batch_is_rejected_whole_naming_the_field);
+backend_tests!(
+    bad_event_batch_is_rejected_whole_naming_the_field_test,
+    bad_event_batch_is_rejected_whole_naming_the_field
+);
 
 /// The length check of `source_system` must name that field, not `reason`.
 async fn overlong_source_system_names_source_system(mesh: &TestMesh) {
-    let bad = av::InventoryEvent { source_system: "s".repeat(129), ..event("s-1", EventType::Receipt, "A", "L1", 1, 1_000) };
+    let bad =
+        av::InventoryEvent { source_system: "s".repeat(129), ..event("s-1", EventType::Receipt, "A", "L1", 1, 1_000) };
     assert_invalid(ingest(mesh, vec![bad]).await, "events[0].source_system");
 }
 mod overlong_source_system_names_source_system_test {
@@ -657,18 +731,33 @@ async fn bad_queries_and_upserts_name_the_field_and_change_nothing(mesh: &TestMe
     mesh.receive("A", "L1", 5).await;
 
     assert_invalid(client.get_cell_atp(av::GetCellAtpRequest { cells: vec![] }).await, "cells");
-    assert_invalid(client.get_cell_atp(av::GetCellAtpRequest { cells: vec![cell("A", "L1"), cell("", "L1")] }).await, "cells[1].sku");
-    assert_invalid(client.get_cell_atp(av::GetCellAtpRequest { cells: vec![cell("A", "")] }).await, "cells[0].location_id");
+    assert_invalid(
+        client.get_cell_atp(av::GetCellAtpRequest { cells: vec![cell("A", "L1"), cell("", "L1")] }).await,
+        "cells[1].sku",
+    );
+    assert_invalid(
+        client.get_cell_atp(av::GetCellAtpRequest { cells: vec![cell("A", "")] }).await,
+        "cells[0].location_id",
+    );
 
-    let safety = |sku: &str, location: &str, units: i64| av::SafetyStock { cell: Some(cell(sku, location)), safety_units: units };
+    let safety = |sku: &str, location: &str, units: i64| av::SafetyStock {
+        cell: Some(cell(sku, location)),
+        safety_units: units,
+    };
     assert_invalid(client.set_safety_stock(av::SetSafetyStockRequest { cells: vec![] }).await, "cells");
     assert_invalid(
-        client.set_safety_stock(av::SetSafetyStockRequest { cells: vec![av::SafetyStock { cell: None, safety_units: 1 }] }).await,
+        client
+            .set_safety_stock(av::SetSafetyStockRequest {
+                cells: vec![av::SafetyStock { cell: None, safety_units: 1 }],
+            })
+            .await,
         "cells[0].cell",
     );
     // The first entry is valid, the second is not: neither is applied.
     assert_invalid(
-        client.set_safety_stock(av::SetSafetyStockRequest { cells: vec![safety("A", "L1", 3), safety("A", "L2", -1)] }).await,
+        client
+            .set_safety_stock(av::SetSafetyStockRequest { cells: vec![safety("A", "L1", 3), safety("A", "L2", -1)] })
+            .await,
         "cells[1].safety_units",
     );
     let unchanged = mesh.cell("A", "L1").await;
@@ -681,10 +770,22 @@ async fn bad_queries_and_upserts_name_the_field_and_change_nothing(mesh: &TestMe
     };
     let upsert_channels = |channels: Vec<av::Channel>| av::UpsertChannelsRequest { channels };
     assert_invalid(client.upsert_channels(upsert_channels(vec![])).await, "channels");
-    assert_invalid(client.upsert_channels(upsert_channels(vec![channel("", &["L1"], 0)])).await, "channels[0].channel_id");
-    assert_invalid(client.upsert_channels(upsert_channels(vec![channel("web", &[], 0)])).await, "channels[0].location_ids");
-    assert_invalid(client.upsert_channels(upsert_channels(vec![channel("web", &["L1", ""], 0)])).await, "channels[0].location_ids[1]");
-    assert_invalid(client.upsert_channels(upsert_channels(vec![channel("web", &["L1"], 0), channel("pos", &["L1"], -1)])).await, "channels[1].buffer_units");
+    assert_invalid(
+        client.upsert_channels(upsert_channels(vec![channel("", &["L1"], 0)])).await,
+        "channels[0].channel_id",
+    );
+    assert_invalid(
+        client.upsert_channels(upsert_channels(vec![channel("web", &[], 0)])).await,
+        "channels[0].location_ids",
+    );
+    assert_invalid(
+        client.upsert_channels(upsert_channels(vec![channel("web", &["L1", ""], 0)])).await,
+        "channels[0].location_ids[1]",
+    );
+    assert_invalid(
+        client.upsert_channels(upsert_channels(vec![channel("web", &["L1"], 0), channel("pos", &["L1"], -1)])).await,
+        "channels[1].buffer_units",
+    );
     // Neither channel of the rejected batch exists.
     for id in ["web", "pos"] {
         let status = client.get_channel(av::GetChannelRequest { channel_id: id.into() }).await.expect_err("not stored");
@@ -699,18 +800,39 @@ async fn bad_queries_and_upserts_name_the_field_and_change_nothing(mesh: &TestMe
     };
     let upsert_locations = |locations: Vec<av::Location>| av::UpsertLocationsRequest { locations };
     assert_invalid(client.upsert_locations(upsert_locations(vec![])).await, "locations");
-    assert_invalid(client.upsert_locations(upsert_locations(vec![location("", 0.0, 0.0)])).await, "locations[0].location_id");
-    assert_invalid(client.upsert_locations(upsert_locations(vec![location("L1", 0.0, 0.0), location("L2", 91.0, 0.0)])).await, "locations[1].position");
-    assert_invalid(client.upsert_locations(upsert_locations(vec![location("L1", 0.0, -180.5)])).await, "locations[0].position");
+    assert_invalid(
+        client.upsert_locations(upsert_locations(vec![location("", 0.0, 0.0)])).await,
+        "locations[0].location_id",
+    );
+    assert_invalid(
+        client.upsert_locations(upsert_locations(vec![location("L1", 0.0, 0.0), location("L2", 91.0, 0.0)])).await,
+        "locations[1].position",
+    );
+    assert_invalid(
+        client.upsert_locations(upsert_locations(vec![location("L1", 0.0, -180.5)])).await,
+        "locations[0].position",
+    );
     assert_eq!(client.list_locations(av::ListLocationsRequest {}).await.expect("list").into_inner().locations, vec![]);
 
-    let item = |sku: &str, substitutes: &[&str]| av::Item { sku: sku.into(), substitute_skus: substitutes.iter().map(|s| (*s).to_owned()).collect() };
+    let item = |sku: &str, substitutes: &[&str]| av::Item {
+        sku: sku.into(),
+        substitute_skus: substitutes.iter().map(|s| (*s).to_owned()).collect(),
+    };
     assert_invalid(client.upsert_items(av::UpsertItemsRequest { items: vec![] }).await, "items");
     assert_invalid(client.upsert_items(av::UpsertItemsRequest { items: vec![item("", &[])] }).await, "items[0].sku");
-    assert_invalid(client.upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B", "A"])] }).await, "items[0].substitute_skus[1]");
-    assert_invalid(client.upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B{x}"])] }).await, "items[0].substitute_skus[0]");
+    assert_invalid(
+        client.upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B", "A"])] }).await,
+        "items[0].substitute_skus[1]",
+    );
+    assert_invalid(
+        client.upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B{x}"])] }).await,
+        "items[0].substitute_skus[0]",
+    );
     assert_invalid(client.get_item(av::GetItemRequest { sku: String::new() }).await, "sku");
-    assert_eq!(client.get_item(av::GetItemRequest { sku: "A".into() }).await.expect_err("not stored").code(), Code::NotFound);
+    assert_eq!(
+        client.get_item(av::GetItemRequest { sku: "A".into() }).await.expect_err("not stored").code(),
+        Code::NotFound
+    );
 
     assert_invalid(client.get_channel(av::GetChannelRequest { channel_id: String::new() }).await, "channel_id");
     let channel_atp_request = |channel_id: &str, skus: &[&str]| av::GetChannelAtpRequest {
@@ -732,11 +854,17 @@ async fn bad_queries_and_upserts_name_the_field_and_change_nothing(mesh: &TestMe
 
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
 }
-backend_tests!(bad_queries_and_upserts_name_the_field_and_change_nothing_test, bad_queries_and_upserts_name_the_field_and_change_nothing);
+backend_tests!(
+    bad_queries_and_upserts_name_the_field_and_change_nothing_test,
+    bad_queries_and_upserts_name_the_field_and_change_nothing
+);
 
 async fn unknown_channel_and_item_are_not_found(mesh: &TestMesh) {
     let mut client = mesh.availability.clone();
-    let status = client.get_channel_atp(av::GetChannelAtpRequest { channel_id: "nope".into(), skus: vec!["A".into()] }).await.expect_err("unknown");
+    let status = client
+        .get_channel_atp(av::GetChannelAtpRequest { channel_id: "nope".into(), skus: vec!["A".into()] })
+        .await
+        .expect_err("unknown");
     assert_eq!((status.code(), status.message()), (Code::NotFound, "channel nope not found"));
     let status = client.get_channel(av::GetChannelRequest { channel_id: "nope".into() }).await.expect_err("unknown");
     assert_eq!((status.code(), status.message()), (Code::NotFound, "channel nope not found"));
@@ -747,10 +875,16 @@ backend_tests!(unknown_channel_and_item_are_not_found_test, unknown_channel_and_
 
 async fn items_round_trip_with_substitutes(mesh: &TestMesh) {
     let mut client = mesh.availability.clone();
-    let item = |sku: &str, substitutes: &[&str]| av::Item { sku: sku.into(), substitute_skus: substitutes.iter().map(|s| (*s).to_owned()).collect() };
+    let item = |sku: &str, substitutes: &[&str]| av::Item {
+        sku: sku.into(),
+        substitute_skus: substitutes.iter().map(|s| (*s).to_owned()).collect(),
+    };
     let get = |sku: &str| av::GetItemRequest { sku: sku.into() };
 
-    let upserted = client.upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B", "C"]), item("B", &[])] }).await.expect("upsert");
+    let upserted = client
+        .upsert_items(av::UpsertItemsRequest { items: vec![item("A", &["B", "C"]), item("B", &[])] })
+        .await
+        .expect("upsert");
     assert_eq!(upserted.into_inner().upserted, 2);
     assert_eq!(client.get_item(get("A")).await.expect("A").into_inner().item, Some(item("A", &["B", "C"])));
     assert_eq!(client.get_item(get("B")).await.expect("B").into_inner().item, Some(item("B", &[])));
@@ -774,7 +908,10 @@ async fn locations_and_channels_round_trip(mesh: &TestMesh) {
     let l1 = location("L1", av::LocationType::Dc, Some((52.52, 13.405)), 1);
     let l2 = location("L2", av::LocationType::Store, Some((-23.5505, -46.6333)), 3);
     let l3 = location("L3", av::LocationType::ThreePl, None, 0);
-    let upserted = client.upsert_locations(av::UpsertLocationsRequest { locations: vec![l2.clone(), l3.clone(), l1.clone()] }).await.expect("upsert");
+    let upserted = client
+        .upsert_locations(av::UpsertLocationsRequest { locations: vec![l2.clone(), l3.clone(), l1.clone()] })
+        .await
+        .expect("upsert");
     assert_eq!(upserted.into_inner().upserted, 3);
     let listed = client.list_locations(av::ListLocationsRequest {}).await.expect("list").into_inner().locations;
     assert_eq!(listed, vec![l1, l2.clone(), l3.clone()]);
@@ -786,12 +923,19 @@ async fn locations_and_channels_round_trip(mesh: &TestMesh) {
     assert_eq!(listed, vec![l1_moved, l2, l3]);
 
     let x = av::Channel { channel_id: "X".into(), location_ids: vec!["LX".into(), "LY".into()], buffer_units: 4 };
-    let upserted = client.upsert_channels(av::UpsertChannelsRequest { channels: vec![x.clone()] }).await.expect("upsert");
+    let upserted =
+        client.upsert_channels(av::UpsertChannelsRequest { channels: vec![x.clone()] }).await.expect("upsert");
     assert_eq!(upserted.into_inner().upserted, 1);
-    assert_eq!(client.get_channel(av::GetChannelRequest { channel_id: "X".into() }).await.expect("X").into_inner().channel, Some(x));
+    assert_eq!(
+        client.get_channel(av::GetChannelRequest { channel_id: "X".into() }).await.expect("X").into_inner().channel,
+        Some(x)
+    );
     let x_moved = av::Channel { channel_id: "X".into(), location_ids: vec!["LZ".into()], buffer_units: 0 };
     client.upsert_channels(av::UpsertChannelsRequest { channels: vec![x_moved.clone()] }).await.expect("replace");
-    assert_eq!(client.get_channel(av::GetChannelRequest { channel_id: "X".into() }).await.expect("X").into_inner().channel, Some(x_moved));
+    assert_eq!(
+        client.get_channel(av::GetChannelRequest { channel_id: "X".into() }).await.expect("X").into_inner().channel,
+        Some(x_moved)
+    );
 }
 backend_tests!(locations_and_channels_round_trip_test, locations_and_channels_round_trip);
 
@@ -804,14 +948,26 @@ async fn reconcile_reports_engine_and_store_without_differences(mesh: &TestMesh)
     mesh.event(shipment_of("R1", "ship-1", "A", "L1", 1, 2_000)).await;
     mesh.event(event("count-1", EventType::Count, "A", "L2", 1, 3_000)).await;
 
-    let report = mesh.availability.clone().reconcile_counters(av::ReconcileCountersRequest {}).await.expect("reconcile").into_inner();
+    let report = mesh
+        .availability
+        .clone()
+        .reconcile_counters(av::ReconcileCountersRequest {})
+        .await
+        .expect("reconcile")
+        .into_inner();
     let (engine, store) = match mesh.backend {
         Backend::Embedded => ("embedded", "sqlite"),
         Backend::External => ("redis", "postgres"),
     };
     assert_eq!(report.differences, vec![]);
-    assert_eq!((report.cells_checked, report.counter_engine.as_str(), report.durable_store.as_str()), (3, engine, store));
+    assert_eq!(
+        (report.cells_checked, report.counter_engine.as_str(), report.durable_store.as_str()),
+        (3, engine, store)
+    );
     assert_eq!(parts(&mesh.cell("A", "L1").await), (9, 0, 2, 7));
     assert_eq!(parts(&mesh.cell("A", "L2").await), (1, 1, 0, 0));
 }
-backend_tests!(reconcile_reports_engine_and_store_without_differences_test, reconcile_reports_engine_and_store_without_differences);
+backend_tests!(
+    reconcile_reports_engine_and_store_without_differences_test,
+    reconcile_reports_engine_and_store_without_differences
+);

@@ -55,15 +55,33 @@ fn to_wire(a: &AlertRecord) -> pb::Alert {
 
 impl ReplenishmentApi {
     /// Builds the handlers.
-    pub fn new(availability: Channel, store: ReplenishmentStore, settings: ReplenishmentSettings, call_timeout: Duration) -> Self {
-        Self { availability: AvailabilityServiceClient::new(availability), store, settings, call_timeout, evaluation: Arc::default() }
+    pub fn new(
+        availability: Channel,
+        store: ReplenishmentStore,
+        settings: ReplenishmentSettings,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            availability: AvailabilityServiceClient::new(availability),
+            store,
+            settings,
+            call_timeout,
+            evaluation: Arc::default(),
+        }
     }
 
-    async fn read_cells(&self, context: &CallContext, cells: &[(String, String)]) -> ReplenishmentResult<Vec<CellQuantities>> {
+    async fn read_cells(
+        &self,
+        context: &CallContext,
+        cells: &[(String, String)],
+    ) -> ReplenishmentResult<Vec<CellQuantities>> {
         let mut out = Vec::with_capacity(cells.len());
         for chunk in cells.chunks(500) {
             let request = GetCellAtpRequest {
-                cells: chunk.iter().map(|(sku, location_id)| CellRef { sku: sku.clone(), location_id: location_id.clone() }).collect(),
+                cells: chunk
+                    .iter()
+                    .map(|(sku, location_id)| CellRef { sku: sku.clone(), location_id: location_id.clone() })
+                    .collect(),
             };
             let peer_error = |status: Status| ReplenishmentError::Peer {
                 peer: "availability",
@@ -77,14 +95,24 @@ impl ReplenishmentApi {
     }
 
     /// Raises alerts for cells that entered a level and closes those that left it.
-    async fn evaluate(&self, context: &CallContext, cells: &[(String, String)]) -> ReplenishmentResult<(Vec<AlertRecord>, Vec<CellQuantities>)> {
+    async fn evaluate(
+        &self,
+        context: &CallContext,
+        cells: &[(String, String)],
+    ) -> ReplenishmentResult<(Vec<AlertRecord>, Vec<CellQuantities>)> {
         let quantities = self.read_cells(context, cells).await?;
         let _serialised = self.evaluation.lock().await;
         let now = now_ms();
         let mut raised = Vec::new();
         for q in &quantities {
             let Some(cell) = &q.cell else { continue };
-            let level = domain::alert_level(q.on_hand_units, q.held_units, q.committed_units, q.safety_units, self.settings.low_stock_units);
+            let level = domain::alert_level(
+                q.on_hand_units,
+                q.held_units,
+                q.committed_units,
+                q.safety_units,
+                self.settings.low_stock_units,
+            );
             let open = self.store.open_alerts(&cell.sku, &cell.location_id).await?;
             for alert in open.iter().filter(|a| Some(a.kind) != level) {
                 self.store.close(alert.id, now).await?;
@@ -111,7 +139,10 @@ impl ReplenishmentApi {
 #[tonic::async_trait]
 impl ReplenishmentService for ReplenishmentApi {
     #[tracing::instrument(skip_all, fields(count = request.get_ref().demands.len()))]
-    async fn record_demand(&self, request: Request<pb::RecordDemandRequest>) -> Result<Response<pb::RecordDemandResponse>, Status> {
+    async fn record_demand(
+        &self,
+        request: Request<pb::RecordDemandRequest>,
+    ) -> Result<Response<pb::RecordDemandResponse>, Status> {
         let context = CallContext::from_request(&request);
         let request = request.into_inner();
         if request.demands.is_empty() || request.demands.len() > 1000 {
@@ -126,7 +157,10 @@ impl ReplenishmentService for ReplenishmentApi {
             if d.quantity_units <= 0 {
                 return Err(invalid_argument(&format!("demands[{i}].quantity_units"), "must be > 0"));
             }
-            let at = d.occurred_at.as_ref().ok_or_else(|| invalid_argument(&format!("demands[{i}].occurred_at"), "is required"))?;
+            let at = d
+                .occurred_at
+                .as_ref()
+                .ok_or_else(|| invalid_argument(&format!("demands[{i}].occurred_at"), "is required"))?;
             let at_ms = service_kit::error::timestamp_ms(&format!("demands[{i}].occurred_at"), at)?;
             parsed.push((d.demand_id.clone(), cell.sku.clone(), cell.location_id.clone(), d.quantity_units, at_ms));
         }
@@ -134,7 +168,9 @@ impl ReplenishmentService for ReplenishmentApi {
         for (i, (id, sku, location_id, quantity, at)) in parsed.iter().enumerate() {
             if let Some(existing) = self.store.demand(id).await? {
                 if existing != (sku.clone(), location_id.clone(), *quantity, *at) {
-                    return Err(Status::already_exists(format!("demands[{i}].demand_id: {id} was recorded with a different body")));
+                    return Err(Status::already_exists(format!(
+                        "demands[{i}].demand_id: {id} was recorded with a different body"
+                    )));
                 }
             }
         }
@@ -151,10 +187,17 @@ impl ReplenishmentService for ReplenishmentApi {
         cells.sort();
         cells.dedup();
         let (raised, _) = self.evaluate(&context, &cells).await?;
-        Ok(Response::new(pb::RecordDemandResponse { recorded, duplicates, alerts_raised: raised.iter().map(to_wire).collect() }))
+        Ok(Response::new(pb::RecordDemandResponse {
+            recorded,
+            duplicates,
+            alerts_raised: raised.iter().map(to_wire).collect(),
+        }))
     }
 
-    async fn get_velocity(&self, request: Request<pb::GetVelocityRequest>) -> Result<Response<pb::GetVelocityResponse>, Status> {
+    async fn get_velocity(
+        &self,
+        request: Request<pb::GetVelocityRequest>,
+    ) -> Result<Response<pb::GetVelocityResponse>, Status> {
         let cell = request.into_inner().cell.ok_or_else(|| invalid_argument("cell", "is required"))?;
         validate_id("cell.sku", &cell.sku)?;
         validate_id("cell.location_id", &cell.location_id)?;
@@ -170,13 +213,19 @@ impl ReplenishmentService for ReplenishmentApi {
         }))
     }
 
-    async fn list_alerts(&self, request: Request<pb::ListAlertsRequest>) -> Result<Response<pb::ListAlertsResponse>, Status> {
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let alerts = self.store.alerts(request.into_inner().include_closed).await?;
         Ok(Response::new(pb::ListAlertsResponse { alerts: alerts.iter().map(to_wire).collect() }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn run_replenishment(&self, request: Request<pb::RunReplenishmentRequest>) -> Result<Response<pb::RunReplenishmentResponse>, Status> {
+    async fn run_replenishment(
+        &self,
+        request: Request<pb::RunReplenishmentRequest>,
+    ) -> Result<Response<pb::RunReplenishmentResponse>, Status> {
         let context = CallContext::from_request(&request);
         let cells = self.store.known_cells().await?;
         let (raised, quantities) = self.evaluate(&context, &cells).await?;
@@ -187,7 +236,9 @@ impl ReplenishmentService for ReplenishmentApi {
             let Some(cell) = &q.cell else { continue };
             let units = velocities.iter().find(|(s, l, _)| *s == cell.sku && *l == cell.location_id).map_or(0, |r| r.2);
             let per_day = units as f64 / window_days;
-            if let Some(s) = domain::suggest(q.atp_units, per_day, self.settings.lead_time_days, self.settings.order_cover_days) {
+            if let Some(s) =
+                domain::suggest(q.atp_units, per_day, self.settings.lead_time_days, self.settings.order_cover_days)
+            {
                 suggestions.push(pb::ReorderSuggestion {
                     cell: Some(cell.clone()),
                     quantity_units: s.quantity,

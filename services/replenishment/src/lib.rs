@@ -24,6 +24,11 @@ pub const SERVICE_NAME: &str = "replenishment.v1.ReplenishmentService";
 /// The availability peer address is not a valid URI.
 pub fn routes(settings: &Settings, db: DatabaseConnection) -> Result<ServiceRoutes, tonic::transport::Error> {
     let availability = service_kit::grpc::peer_channel(&settings.peers.availability, &settings.peers)?;
-    let api = api::ReplenishmentApi::new(availability, store::ReplenishmentStore::new(db), settings.replenishment.clone(), settings.peers.call_timeout);
+    let api = api::ReplenishmentApi::new(
+        availability,
+        store::ReplenishmentStore::new(db),
+        settings.replenishment.clone(),
+        settings.peers.call_timeout,
+    );
     Ok(ServiceRoutes { routes: Routes::new(ReplenishmentServiceServer::new(api)), service_names: vec![SERVICE_NAME] })
 }

@@ -1,7 +1,8 @@
 //! The replenishment service's durable store: confirmed demand (idempotent by demand id) and
 //! alerts (one open alert per cell and kind; closing it ends the crossing).
 use sea_orm::{
-    ActiveValue::{NotSet, Set}, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, OnConflict},
 };
 
@@ -91,7 +92,14 @@ impl ReplenishmentStore {
     }
 
     /// Records one demand; returns false when its id was already recorded.
-    pub async fn record_demand(&self, id: &str, sku: &str, location_id: &str, quantity: i64, occurred_at_ms: i64) -> ReplenishmentResult<bool> {
+    pub async fn record_demand(
+        &self,
+        id: &str,
+        sku: &str,
+        location_id: &str,
+        quantity: i64,
+        occurred_at_ms: i64,
+    ) -> ReplenishmentResult<bool> {
         let result = demand::Entity::insert(demand::ActiveModel {
             demand_id: Set(id.to_owned()),
             sku: Set(sku.to_owned()),
@@ -107,7 +115,10 @@ impl ReplenishmentStore {
 
     /// A recorded demand's body: (sku, location, units, occurred_at ms).
     pub async fn demand(&self, id: &str) -> ReplenishmentResult<Option<(String, String, i64, i64)>> {
-        Ok(demand::Entity::find_by_id(id.to_owned()).one(&self.db).await?.map(|d| (d.sku, d.location_id, d.quantity, d.occurred_at_ms)))
+        Ok(demand::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|d| (d.sku, d.location_id, d.quantity, d.occurred_at_ms)))
     }
 
     /// The latest demand time recorded (the velocity clock), if any.
@@ -123,7 +134,12 @@ impl ReplenishmentStore {
     }
 
     /// Units of demand per cell with occurred_at in (from, to].
-    pub async fn demand_by_cell(&self, from_ms: i64, to_ms: i64, cell: Option<(&str, &str)>) -> ReplenishmentResult<Vec<(String, String, i64)>> {
+    pub async fn demand_by_cell(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        cell: Option<(&str, &str)>,
+    ) -> ReplenishmentResult<Vec<(String, String, i64)>> {
         let mut query = demand::Entity::find()
             .select_only()
             .column(demand::Column::Sku)
@@ -183,7 +199,14 @@ impl ReplenishmentStore {
     }
 
     /// Raises an alert.
-    pub async fn raise(&self, sku: &str, location_id: &str, kind: AlertKind, atp: i64, now_ms: i64) -> ReplenishmentResult<AlertRecord> {
+    pub async fn raise(
+        &self,
+        sku: &str,
+        location_id: &str,
+        kind: AlertKind,
+        atp: i64,
+        now_ms: i64,
+    ) -> ReplenishmentResult<AlertRecord> {
         let model = alert::Entity::insert(alert::ActiveModel {
             id: NotSet,
             sku: Set(sku.to_owned()),
@@ -195,7 +218,15 @@ impl ReplenishmentStore {
         })
         .exec_with_returning(&self.db)
         .await?;
-        Ok(AlertRecord { id: model.id, sku: model.sku, location_id: model.location_id, kind, atp, raised_at_ms: now_ms, closed_at_ms: None })
+        Ok(AlertRecord {
+            id: model.id,
+            sku: model.sku,
+            location_id: model.location_id,
+            kind,
+            atp,
+            raised_at_ms: now_ms,
+            closed_at_ms: None,
+        })
     }
 
     /// Closes an open alert.

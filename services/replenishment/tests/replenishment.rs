@@ -27,7 +27,12 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
 }
 
 fn demand(id: &str, sku: &str, location: &str, units: i64, at_ms: i64) -> rp::Demand {
-    rp::Demand { demand_id: id.into(), cell: Some(cell(sku, location)), quantity_units: units, occurred_at: Some(timestamp(at_ms)) }
+    rp::Demand {
+        demand_id: id.into(),
+        cell: Some(cell(sku, location)),
+        quantity_units: units,
+        occurred_at: Some(timestamp(at_ms)),
+    }
 }
 
 async fn record(mesh: &TestMesh, demands: Vec<rp::Demand>) -> Result<rp::RecordDemandResponse, Status> {
@@ -35,7 +40,12 @@ async fn record(mesh: &TestMesh, demands: Vec<rp::Demand>) -> Result<rp::RecordD
 }
 
 async fn velocity(mesh: &TestMesh, sku: &str, location: &str) -> rp::GetVelocityResponse {
-    mesh.replenishment.clone().get_velocity(rp::GetVelocityRequest { cell: Some(cell(sku, location)) }).await.expect("velocity").into_inner()
+    mesh.replenishment
+        .clone()
+        .get_velocity(rp::GetVelocityRequest { cell: Some(cell(sku, location)) })
+        .await
+        .expect("velocity")
+        .into_inner()
 }
 
 /// (units_in_window, units_per_day, window_days, as_of ms) of a cell.
@@ -47,7 +57,13 @@ async fn velocity_parts(mesh: &TestMesh, sku: &str, location: &str) -> (i64, f64
 }
 
 async fn alerts(mesh: &TestMesh, include_closed: bool) -> Vec<rp::Alert> {
-    mesh.replenishment.clone().list_alerts(rp::ListAlertsRequest { include_closed }).await.expect("alerts").into_inner().alerts
+    mesh.replenishment
+        .clone()
+        .list_alerts(rp::ListAlertsRequest { include_closed })
+        .await
+        .expect("alerts")
+        .into_inner()
+        .alerts
 }
 
 async fn run(mesh: &TestMesh) -> rp::RunReplenishmentResponse {
@@ -76,7 +92,10 @@ fn closed(sku: &str, location: &str, kind: AlertKind, atp: i64) -> (String, Stri
 async fn confirm_at(mesh: &TestMesh, reservation_id: &str, at_ms: i64) -> rv::ConfirmReservationResponse {
     mesh.reservation
         .clone()
-        .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: reservation_id.into(), occurred_at: Some(timestamp(at_ms)) })
+        .confirm_reservation(rv::ConfirmReservationRequest {
+            reservation_id: reservation_id.into(),
+            occurred_at: Some(timestamp(at_ms)),
+        })
         .await
         .expect("confirm")
         .into_inner()
@@ -132,7 +151,10 @@ async fn velocity_is_units_in_the_window_over_window_days(mesh: &TestMesh) {
     .expect("record");
     assert_eq!((recorded.recorded, recorded.duplicates), (5, 0));
     // Neither cell has stock: recording demand evaluates them and each enters STOCKOUT.
-    assert_eq!(summaries(&recorded.alerts_raised), vec![open("A", "L1", AlertKind::Stockout, 0), open("B", "L1", AlertKind::Stockout, 0)]);
+    assert_eq!(
+        summaries(&recorded.alerts_raised),
+        vec![open("A", "L1", AlertKind::Stockout, 0), open("B", "L1", AlertKind::Stockout, 0)]
+    );
 
     // as_of is the latest demand time seen, for every cell.
     assert_eq!(velocity_parts(mesh, "A", "L1").await, (14, 0.5, 28, T));
@@ -150,11 +172,23 @@ backend_tests!(velocity_is_units_in_the_window_over_window_days_test, velocity_i
 async fn record_demand_is_idempotent_by_demand_id(mesh: &TestMesh) {
     mesh.receive("A", "L1", 100).await;
     let counts = |r: rp::RecordDemandResponse| (r.recorded, r.duplicates, r.alerts_raised.len());
-    assert_eq!(counts(record(mesh, vec![demand("d1", "A", "L1", 3, T), demand("d2", "A", "L1", 4, T)]).await.expect("1")), (2, 0, 0));
-    assert_eq!(counts(record(mesh, vec![demand("d1", "A", "L1", 3, T), demand("d3", "A", "L1", 5, T)]).await.expect("2")), (1, 1, 0));
-    assert_eq!(counts(record(mesh, vec![demand("d3", "A", "L1", 5, T), demand("d3", "A", "L1", 5, T)]).await.expect("3")), (0, 2, 0));
+    assert_eq!(
+        counts(record(mesh, vec![demand("d1", "A", "L1", 3, T), demand("d2", "A", "L1", 4, T)]).await.expect("1")),
+        (2, 0, 0)
+    );
+    assert_eq!(
+        counts(record(mesh, vec![demand("d1", "A", "L1", 3, T), demand("d3", "A", "L1", 5, T)]).await.expect("2")),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        counts(record(mesh, vec![demand("d3", "A", "L1", 5, T), demand("d3", "A", "L1", 5, T)]).await.expect("3")),
+        (0, 2, 0)
+    );
     // The same id twice in one batch counts once.
-    assert_eq!(counts(record(mesh, vec![demand("d4", "A", "L1", 2, T), demand("d4", "A", "L1", 2, T)]).await.expect("4")), (1, 1, 0));
+    assert_eq!(
+        counts(record(mesh, vec![demand("d4", "A", "L1", 2, T), demand("d4", "A", "L1", 2, T)]).await.expect("4")),
+        (1, 1, 0)
+    );
     assert_eq!(velocity_parts(mesh, "A", "L1").await, (14, 0.5, 28, T));
     assert_eq!(alerts(mesh, true).await, vec![]);
 }
@@ -165,7 +199,8 @@ backend_tests!(record_demand_is_idempotent_by_demand_id_test, record_demand_is_i
 async fn demand_id_reused_with_another_body_is_already_exists(mesh: &TestMesh) {
     mesh.receive("A", "L1", 100).await;
     record(mesh, vec![demand("d1", "A", "L1", 3, T)]).await.expect("first");
-    let status = record(mesh, vec![demand("d1", "A", "L1", 30, T)]).await.expect_err("a different body under a used id");
+    let status =
+        record(mesh, vec![demand("d1", "A", "L1", 30, T)]).await.expect_err("a different body under a used id");
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert_eq!(velocity_parts(mesh, "A", "L1").await, (3, 3.0 / 28.0, 28, T));
 }
@@ -216,7 +251,10 @@ async fn confirm_feeds_demand_to_replenishment(mesh: &TestMesh) {
     assert_eq!(report.alerts_raised, vec![]);
     let s = &report.suggestions;
     assert_eq!(s.len(), 1);
-    assert_eq!((s[0].cell.clone(), s[0].quantity_units, s[0].reorder_point_units, s[0].order_up_to_units, s[0].atp_units), (Some(cell("A", "L1")), 8, 3, 8, 0));
+    assert_eq!(
+        (s[0].cell.clone(), s[0].quantity_units, s[0].reorder_point_units, s[0].order_up_to_units, s[0].atp_units),
+        (Some(cell("A", "L1")), 8, 3, 8, 0)
+    );
     assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 0, 10, 0));
 }
 backend_tests!(confirm_feeds_demand_to_replenishment_test, confirm_feeds_demand_to_replenishment);
@@ -269,7 +307,9 @@ async fn low_stock_alert_when_only_the_safety_buffer_is_left(mesh: &TestMesh) {
     mesh.receive("A", "L1", 5).await;
     mesh.availability
         .clone()
-        .set_safety_stock(av::SetSafetyStockRequest { cells: vec![av::SafetyStock { cell: Some(cell("A", "L1")), safety_units: 2 }] })
+        .set_safety_stock(av::SetSafetyStockRequest {
+            cells: vec![av::SafetyStock { cell: Some(cell("A", "L1")), safety_units: 2 }],
+        })
         .await
         .expect("safety");
     assert_eq!(record(mesh, vec![demand("s1", "A", "L1", 1, T)]).await.expect("s1").alerts_raised, vec![]);
@@ -288,7 +328,10 @@ async fn low_stock_alert_when_only_the_safety_buffer_is_left(mesh: &TestMesh) {
     assert_eq!(alerts(mesh, false).await, vec![]);
     assert_eq!(summaries(&alerts(mesh, true).await), vec![closed("A", "L1", AlertKind::LowStock, 0)]);
 }
-backend_tests!(low_stock_alert_when_only_the_safety_buffer_is_left_test, low_stock_alert_when_only_the_safety_buffer_is_left);
+backend_tests!(
+    low_stock_alert_when_only_the_safety_buffer_is_left_test,
+    low_stock_alert_when_only_the_safety_buffer_is_left
+);
 
 async fn b29_count_below_holds_raises_exactly_one_overcommitted_alert(mesh: &TestMesh) {
     mesh.receive("A", "L1", 5).await;
@@ -312,14 +355,18 @@ async fn b29_count_below_holds_raises_exactly_one_overcommitted_alert(mesh: &Tes
         vec![closed("A", "L1", AlertKind::Overcommitted, -2), open("A", "L1", AlertKind::Stockout, 0)]
     );
 }
-backend_tests!(b29_count_below_holds_raises_exactly_one_overcommitted_alert_test, b29_count_below_holds_raises_exactly_one_overcommitted_alert);
+backend_tests!(
+    b29_count_below_holds_raises_exactly_one_overcommitted_alert_test,
+    b29_count_below_holds_raises_exactly_one_overcommitted_alert
+);
 
 async fn b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert(mesh: &TestMesh) {
     mesh.receive("A", "L1", 1).await;
     mesh.reserve("O11", &[("A", "L1", 1)], TTL_MS).await.expect("O11");
     confirm_at(mesh, "O11", T).await;
     // The confirm's demand reaches replenishment, whose evaluation sees ATP 0: STOCKOUT.
-    eventually("O11's STOCKOUT alert", move || async move { (!alerts(mesh, true).await.is_empty()).then_some(()) }).await;
+    eventually("O11's STOCKOUT alert", move || async move { (!alerts(mesh, true).await.is_empty()).then_some(()) })
+        .await;
     assert_eq!(summaries(&alerts(mesh, true).await), vec![open("A", "L1", AlertKind::Stockout, 0)]);
 
     mesh.event(event("b26b-count", EventType::Count, "A", "L1", 0, 3_000)).await;
@@ -330,7 +377,10 @@ async fn b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert(mesh
 
     // The later shipment is accepted (on_hand −1, committed 0): ATP stays −1, same crossing.
     let shipped = mesh
-        .event(av::InventoryEvent { reservation_id: "O11".into(), ..event("b26b-ship", EventType::Shipment, "A", "L1", 1, 4_000) })
+        .event(av::InventoryEvent {
+            reservation_id: "O11".into(),
+            ..event("b26b-ship", EventType::Shipment, "A", "L1", 1, 4_000)
+        })
         .await;
     assert_eq!(shipped.fulfilled_units, 1);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (-1, 0, 0, -1));
@@ -340,7 +390,10 @@ async fn b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert(mesh
         vec![closed("A", "L1", AlertKind::Stockout, 0), open("A", "L1", AlertKind::Overcommitted, -1)]
     );
 }
-backend_tests!(b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert_test, b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert);
+backend_tests!(
+    b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert_test,
+    b26b_count_of_a_lost_committed_unit_raises_one_overcommitted_alert
+);
 
 // ---------------------------------------------------------------------------------------------
 // Reorder suggestions
@@ -367,7 +420,11 @@ async fn reorder_suggestions_follow_velocity_lead_time_and_cover(mesh: &TestMesh
     assert_eq!((recorded.recorded, recorded.alerts_raised.len()), (7, 0));
     // F goes below zero through a physical correction under a hold.
     mesh.reserve("HF", &[("F", "L1", 2)], TTL_MS).await.expect("HF");
-    mesh.event(av::InventoryEvent { reason: "damaged".into(), ..event("f-adj", EventType::Adjustment, "F", "L1", -3, 2_000) }).await;
+    mesh.event(av::InventoryEvent {
+        reason: "damaged".into(),
+        ..event("f-adj", EventType::Adjustment, "F", "L1", -3, 2_000)
+    })
+    .await;
     assert_eq!(parts(&mesh.cell("F", "L1").await), (-1, 2, 0, -3));
 
     // (sku, quantity, reorder point, order-up-to, atp, units per day, reason)
@@ -411,7 +468,15 @@ async fn reorder_suggestions_follow_velocity_lead_time_and_cover(mesh: &TestMesh
             .map(|s| {
                 let cell = s.cell.clone().expect("cell");
                 assert_eq!(cell.location_id, "L1");
-                (cell.sku, s.quantity_units, s.reorder_point_units, s.order_up_to_units, s.atp_units, s.units_per_day, s.reason.clone())
+                (
+                    cell.sku,
+                    s.quantity_units,
+                    s.reorder_point_units,
+                    s.order_up_to_units,
+                    s.atp_units,
+                    s.units_per_day,
+                    s.reason.clone(),
+                )
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -432,7 +497,10 @@ async fn reorder_suggestions_follow_velocity_lead_time_and_cover(mesh: &TestMesh
     let after_receipt = rows(&run(mesh).await);
     assert_eq!(after_receipt.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), vec!["D", "F"]);
 }
-backend_tests!(reorder_suggestions_follow_velocity_lead_time_and_cover_test, reorder_suggestions_follow_velocity_lead_time_and_cover);
+backend_tests!(
+    reorder_suggestions_follow_velocity_lead_time_and_cover_test,
+    reorder_suggestions_follow_velocity_lead_time_and_cover
+);
 
 // ---------------------------------------------------------------------------------------------
 // Bad input
@@ -444,7 +512,10 @@ async fn bad_demand_is_invalid_argument_naming_the_field_and_records_nothing(mes
     assert_invalid(record(mesh, too_many).await, "demands");
 
     // One bad demand in a batch: none of it is recorded.
-    assert_invalid(record(mesh, vec![demand("good", "A", "L1", 2, T), demand("bad", "A", "L1", 0, T)]).await, "demands[1].quantity_units");
+    assert_invalid(
+        record(mesh, vec![demand("good", "A", "L1", 2, T), demand("bad", "A", "L1", 0, T)]).await,
+        "demands[1].quantity_units",
+    );
     let base = || demand("b1", "A", "L1", 1, T);
     let cases: Vec<(rp::Demand, &str)> = vec![
         (rp::Demand { demand_id: String::new(), ..base() }, "demands[0].demand_id"),
@@ -462,20 +533,30 @@ async fn bad_demand_is_invalid_argument_naming_the_field_and_records_nothing(mes
     let mut client = mesh.replenishment.clone();
     assert_invalid(client.get_velocity(rp::GetVelocityRequest { cell: None }).await, "cell");
     assert_invalid(client.get_velocity(rp::GetVelocityRequest { cell: Some(cell("", "L1")) }).await, "cell.sku");
-    assert_invalid(client.get_velocity(rp::GetVelocityRequest { cell: Some(cell("A", "L{1}")) }).await, "cell.location_id");
+    assert_invalid(
+        client.get_velocity(rp::GetVelocityRequest { cell: Some(cell("A", "L{1}")) }).await,
+        "cell.location_id",
+    );
 
     // Nothing was recorded or evaluated.
     assert_eq!(velocity(mesh, "A", "L1").await.units_in_window, 0);
     assert_eq!(alerts(mesh, true).await, vec![]);
     assert_eq!(run(mesh).await.cells_evaluated, 0);
-    let good = record(mesh, vec![demand("good", "A", "L1", 2, T), demand("b1", "A", "L1", 1, T)]).await.expect("now valid");
+    let good =
+        record(mesh, vec![demand("good", "A", "L1", 2, T), demand("b1", "A", "L1", 1, T)]).await.expect("now valid");
     assert_eq!((good.recorded, good.duplicates), (2, 0));
 }
-backend_tests!(bad_demand_is_invalid_argument_naming_the_field_and_records_nothing_test, bad_demand_is_invalid_argument_naming_the_field_and_records_nothing);
+backend_tests!(
+    bad_demand_is_invalid_argument_naming_the_field_and_records_nothing_test,
+    bad_demand_is_invalid_argument_naming_the_field_and_records_nothing
+);
 
 /// A timestamp outside the protobuf Timestamp range is bad input; it must not crash the handler.
 async fn demand_occurred_at_out_of_range_is_invalid_argument(mesh: &TestMesh) {
-    let far = rp::Demand { occurred_at: Some(prost_types::Timestamp { seconds: i64::MAX / 10, nanos: 0 }), ..demand("t1", "A", "L1", 1, 0) };
+    let far = rp::Demand {
+        occurred_at: Some(prost_types::Timestamp { seconds: i64::MAX / 10, nanos: 0 }),
+        ..demand("t1", "A", "L1", 1, 0)
+    };
     assert_invalid(record(mesh, vec![far]).await, "demands[0].occurred_at");
     assert_eq!(alerts(mesh, true).await, vec![]);
 }

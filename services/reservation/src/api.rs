@@ -51,7 +51,11 @@ pub fn to_wire(r: &StoredReservation) -> pb::Reservation {
         lines: r
             .lines
             .iter()
-            .map(|l| pb::ReservationLine { sku: l.cell.sku.clone(), location_id: l.cell.location.clone(), quantity_units: l.units })
+            .map(|l| pb::ReservationLine {
+                sku: l.cell.sku.clone(),
+                location_id: l.cell.location.clone(),
+                quantity_units: l.units,
+            })
             .collect(),
         expires_at: (r.expires_at_ms > 0).then(|| timestamp(r.expires_at_ms)),
         channel_id: r.channel_id.clone(),
@@ -59,7 +63,11 @@ pub fn to_wire(r: &StoredReservation) -> pb::Reservation {
         history: r
             .history
             .iter()
-            .map(|(status, at, reason)| pb::StatusChange { status: status_code(*status), at: Some(timestamp(*at)), reason: reason.clone() })
+            .map(|(status, at, reason)| pb::StatusChange {
+                status: status_code(*status),
+                at: Some(timestamp(*at)),
+                reason: reason.clone(),
+            })
             .collect(),
     }
 }
@@ -89,13 +97,19 @@ impl ReservationApi {
             validate_id(&format!("lines[{i}].sku"), &line.sku)?;
             validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
             if !(1..=1_000_000_000).contains(&line.quantity_units) {
-                return Err(invalid_argument(&format!("lines[{i}].quantity_units"), "must be between 1 and 1000000000"));
+                return Err(invalid_argument(
+                    &format!("lines[{i}].quantity_units"),
+                    "must be between 1 and 1000000000",
+                ));
             }
             lines.push(CellUnits { cell: Cell::new(&line.sku, &line.location_id), units: line.quantity_units });
         }
         let ttl_ms = if request.ttl_ms == 0 { self.default_ttl_ms } else { request.ttl_ms };
         if ttl_ms > self.max_ttl_ms {
-            return Err(invalid_argument("ttl_ms", &format!("must be at most {} (the configured maximum hold)", self.max_ttl_ms)));
+            return Err(invalid_argument(
+                "ttl_ms",
+                &format!("must be at most {} (the configured maximum hold)", self.max_ttl_ms),
+            ));
         }
         Ok(NewReservation {
             reservation_id: request.reservation_id.clone(),
@@ -131,27 +145,51 @@ impl ReservationApi {
                     cells_checked += 1;
                     let cell = Cell::new(&snapshot.sku, location);
                     let held: i64 = snapshot.holds.iter().filter(|h| h.location == *location).map(|h| h.units).sum();
-                    let committed: i64 = snapshot.commitments.iter().filter(|c| c.location == *location).map(|c| c.units).sum();
+                    let committed: i64 =
+                        snapshot.commitments.iter().filter(|c| c.location == *location).map(|c| c.units).sum();
                     if counters.held != held {
-                        diff(&cell, "held", counters.held, held, "held counter differs from the sum of live holds".into());
+                        diff(
+                            &cell,
+                            "held",
+                            counters.held,
+                            held,
+                            "held counter differs from the sum of live holds".into(),
+                        );
                     }
                     if counters.committed != committed {
-                        diff(&cell, "committed", counters.committed, committed, "committed counter differs from the sum of open commitments".into());
+                        diff(
+                            &cell,
+                            "committed",
+                            counters.committed,
+                            committed,
+                            "committed counter differs from the sum of open commitments".into(),
+                        );
                     }
                     if counters.held < 0 || counters.committed < 0 {
-                        diff(&cell, "negative", counters.held.min(counters.committed), 0, "a demand counter is negative".into());
+                        diff(
+                            &cell,
+                            "negative",
+                            counters.held.min(counters.committed),
+                            0,
+                            "a demand counter is negative".into(),
+                        );
                     }
                 }
                 for hold in &snapshot.holds {
-                    live_holds.insert((hold.reservation_id.clone(), Cell::new(&snapshot.sku, &hold.location)), hold.units);
+                    live_holds
+                        .insert((hold.reservation_id.clone(), Cell::new(&snapshot.sku, &hold.location)), hold.units);
                 }
                 for commitment in &snapshot.commitments {
-                    commitments.insert((commitment.reservation_id.clone(), Cell::new(&snapshot.sku, &commitment.location)), commitment.units);
+                    commitments.insert(
+                        (commitment.reservation_id.clone(), Cell::new(&snapshot.sku, &commitment.location)),
+                        commitment.units,
+                    );
                 }
             }
         }
         let now = engine.hold_state("reconcile", &[]).await?.now_ms;
-        let records = self.reservations.store.lines_in_status(&[Status::Held, Status::Confirmed, Status::Pending]).await?;
+        let records =
+            self.reservations.store.lines_in_status(&[Status::Held, Status::Confirmed, Status::Pending]).await?;
         let mut reservations_checked: HashMap<String, ()> = HashMap::new();
         for (reservation_id, status, deadline, line) in &records {
             reservations_checked.insert(reservation_id.clone(), ());
@@ -163,12 +201,24 @@ impl ReservationApi {
                 }
                 Status::Held if *deadline > now => match live_holds.remove(&key) {
                     Some(units) if units == line.units => {}
-                    found => diff(&line.cell, "hold_record", found.unwrap_or(0), line.units, format!("held reservation {reservation_id} differs from its live hold")),
+                    found => diff(
+                        &line.cell,
+                        "hold_record",
+                        found.unwrap_or(0),
+                        line.units,
+                        format!("held reservation {reservation_id} differs from its live hold"),
+                    ),
                 },
                 Status::Confirmed => {
                     if let Some(units) = commitments.remove(&key) {
                         if units > line.units {
-                            diff(&line.cell, "commitment_record", units, line.units, format!("commitment of {reservation_id} exceeds its confirmed line"));
+                            diff(
+                                &line.cell,
+                                "commitment_record",
+                                units,
+                                line.units,
+                                format!("commitment of {reservation_id} exceeds its confirmed line"),
+                            );
                         }
                     }
                 }
@@ -181,14 +231,20 @@ impl ReservationApi {
         for ((reservation_id, cell), units) in commitments {
             diff(&cell, "commitment_record", units, 0, format!("commitment {reservation_id} has no confirmed record"));
         }
-        Ok(pb::ReconcileCountersResponse { cells_checked, reservations_checked: reservations_checked.len() as u64, differences })
+        Ok(pb::ReconcileCountersResponse {
+            cells_checked,
+            reservations_checked: reservations_checked.len() as u64,
+            differences,
+        })
     }
 }
 
 /// Runs a state change on its own task, so a caller that gives up (deadline, cancel) cannot stop
 /// it halfway: once started, the claim, the counter step and the record all happen, and a retry
 /// with the same id replays the answer.
-async fn run_to_completion<T: Send + 'static>(work: impl std::future::Future<Output = ReservationResult<T>> + Send + 'static) -> Result<T, GrpcStatus> {
+async fn run_to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = ReservationResult<T>> + Send + 'static,
+) -> Result<T, GrpcStatus> {
     match tokio::spawn(work).await {
         Ok(result) => result.map_err(GrpcStatus::from),
         Err(error) => {
@@ -210,7 +266,10 @@ fn release_reason(reason: i32) -> &'static str {
 #[tonic::async_trait]
 impl ReservationService for ReservationApi {
     #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
-    async fn create_reservation(&self, request: Request<pb::CreateReservationRequest>) -> Result<Response<pb::CreateReservationResponse>, GrpcStatus> {
+    async fn create_reservation(
+        &self,
+        request: Request<pb::CreateReservationRequest>,
+    ) -> Result<Response<pb::CreateReservationResponse>, GrpcStatus> {
         let new = self.parse_create(request.get_ref())?;
         let reservations = self.reservations.clone();
         let reservation = run_to_completion(async move { reservations.create(&new).await }).await?;
@@ -218,12 +277,18 @@ impl ReservationService for ReservationApi {
     }
 
     #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
-    async fn confirm_reservation(&self, request: Request<pb::ConfirmReservationRequest>) -> Result<Response<pb::ConfirmReservationResponse>, GrpcStatus> {
+    async fn confirm_reservation(
+        &self,
+        request: Request<pb::ConfirmReservationRequest>,
+    ) -> Result<Response<pb::ConfirmReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
-        let occurred_at_ms = request.occurred_at.as_ref().map(|t| service_kit::error::timestamp_ms("occurred_at", t)).transpose()?;
+        let occurred_at_ms =
+            request.occurred_at.as_ref().map(|t| service_kit::error::timestamp_ms("occurred_at", t)).transpose()?;
         let reservations = self.reservations.clone();
-        let confirmed = run_to_completion(async move { reservations.confirm(&request.reservation_id, occurred_at_ms).await }).await?;
+        let confirmed =
+            run_to_completion(async move { reservations.confirm(&request.reservation_id, occurred_at_ms).await })
+                .await?;
         Ok(Response::new(pb::ConfirmReservationResponse {
             reservation: Some(to_wire(&confirmed.reservation)),
             already_confirmed: confirmed.already_confirmed,
@@ -231,16 +296,23 @@ impl ReservationService for ReservationApi {
     }
 
     #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
-    async fn release_reservation(&self, request: Request<pb::ReleaseReservationRequest>) -> Result<Response<pb::ReleaseReservationResponse>, GrpcStatus> {
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
         let reservations = self.reservations.clone();
         let reason = release_reason(request.reason);
-        let (reservation, released_units) = run_to_completion(async move { reservations.release(&request.reservation_id, reason).await }).await?;
+        let (reservation, released_units) =
+            run_to_completion(async move { reservations.release(&request.reservation_id, reason).await }).await?;
         Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(to_wire(&reservation)), released_units }))
     }
 
-    async fn get_reservation(&self, request: Request<pb::GetReservationRequest>) -> Result<Response<pb::GetReservationResponse>, GrpcStatus> {
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::GetReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
         let reservation = self
@@ -253,7 +325,10 @@ impl ReservationService for ReservationApi {
         Ok(Response::new(pb::GetReservationResponse { reservation: Some(to_wire(&reservation)) }))
     }
 
-    async fn reconcile_counters(&self, _request: Request<pb::ReconcileCountersRequest>) -> Result<Response<pb::ReconcileCountersResponse>, GrpcStatus> {
+    async fn reconcile_counters(
+        &self,
+        _request: Request<pb::ReconcileCountersRequest>,
+    ) -> Result<Response<pb::ReconcileCountersResponse>, GrpcStatus> {
         Ok(Response::new(self.reconcile().await?))
     }
 }

@@ -70,7 +70,10 @@ impl DemandSender {
                 demand_id: format!("{}/{position}", reservation.reservation_id),
                 cell: Some(CellRef { sku: line.cell.sku.clone(), location_id: line.cell.location.clone() }),
                 quantity_units: line.units,
-                occurred_at: Some(prost_types::Timestamp { seconds: at_ms.div_euclid(1000), nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32 }),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: at_ms.div_euclid(1000),
+                    nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32,
+                }),
             };
             if self.queue.send(demand).await.is_err() {
                 tracing::warn!("demand feed stopped; confirmed demand not forwarded");

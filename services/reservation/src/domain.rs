@@ -98,7 +98,10 @@ mod tests {
         ]);
         assert_eq!(
             lines,
-            vec![CellUnits { cell: Cell::new("A", "L1"), units: 6 }, CellUnits { cell: Cell::new("B", "L1"), units: 1 }]
+            vec![
+                CellUnits { cell: Cell::new("A", "L1"), units: 6 },
+                CellUnits { cell: Cell::new("B", "L1"), units: 1 }
+            ]
         );
     }
 
@@ -119,7 +122,8 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for s in [Status::Pending, Status::Held, Status::Confirmed, Status::Released, Status::Expired, Status::Rejected] {
+        for s in [Status::Pending, Status::Held, Status::Confirmed, Status::Released, Status::Expired, Status::Rejected]
+        {
             assert_eq!(Status::from_code(s.code()), s);
         }
         assert!(Status::Expired.is_final() && !Status::Confirmed.is_final());

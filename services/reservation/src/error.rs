@@ -34,7 +34,9 @@ pub type ReservationResult<T> = Result<T, ReservationError>;
 pub fn describe_shortages(shortages: &[Shortage]) -> String {
     let parts: Vec<String> = shortages
         .iter()
-        .map(|s| format!("{}@{} requested {}, available {}", s.cell.sku, s.cell.location, s.requested, s.available.max(0)))
+        .map(|s| {
+            format!("{}@{} requested {}, available {}", s.cell.sku, s.cell.location, s.requested, s.available.max(0))
+        })
         .collect();
     format!("INSUFFICIENT_STOCK: {}", parts.join("; "))
 }
@@ -73,7 +75,12 @@ impl From<ReservationError> for Status {
             ReservationError::InsufficientStock(shortages) => {
                 let metadata: HashMap<String, String> = shortages
                     .iter()
-                    .map(|s| (format!("{}@{}", s.cell.sku, s.cell.location), format!("requested={},available={}", s.requested, s.available.max(0))))
+                    .map(|s| {
+                        (
+                            format!("{}@{}", s.cell.sku, s.cell.location),
+                            format!("requested={},available={}", s.requested, s.available.max(0)),
+                        )
+                    })
                     .collect();
                 let message = error.to_string();
                 failed_precondition("INSUFFICIENT_STOCK", message.trim_start_matches("INSUFFICIENT_STOCK: "), metadata)

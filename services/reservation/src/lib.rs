@@ -55,7 +55,12 @@ pub fn routes(
 }
 
 /// Records expired holds durably every `interval` (expiry itself is exact without it).
-fn spawn_sweeper(reservations: service::Reservations, interval: Duration, tracker: &TaskTracker, shutdown: CancellationToken) {
+fn spawn_sweeper(
+    reservations: service::Reservations,
+    interval: Duration,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
     tracker.spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -27,7 +27,9 @@ mod m20261203_000001_create_tables {
     impl MigrationTrait for Migration {
         async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             let schema = Schema::new(manager.get_database_backend());
-            manager.create_table(schema.create_table_from_entity(reservation::Entity).if_not_exists().to_owned()).await?;
+            manager
+                .create_table(schema.create_table_from_entity(reservation::Entity).if_not_exists().to_owned())
+                .await?;
             manager.create_table(schema.create_table_from_entity(line::Entity).if_not_exists().to_owned()).await?;
             manager.create_table(schema.create_table_from_entity(history::Entity).if_not_exists().to_owned()).await?;
             manager

@@ -74,14 +74,34 @@ impl Reservations {
         };
         match outcome {
             ReserveOutcome::Held { expires_at_ms } | ReserveOutcome::AlreadyExists { expires_at_ms } => {
-                self.store.transition(&new.reservation_id, &[Status::Pending], Status::Held, "held", Some(expires_at_ms), 0, None).await?;
+                self.store
+                    .transition(
+                        &new.reservation_id,
+                        &[Status::Pending],
+                        Status::Held,
+                        "held",
+                        Some(expires_at_ms),
+                        0,
+                        None,
+                    )
+                    .await?;
                 self.load(&new.reservation_id).await
             }
             ReserveOutcome::Insufficient { shortages } => {
                 let error = ReservationError::InsufficientStock(shortages);
                 let detail = error.to_string();
                 let detail = detail.trim_start_matches("INSUFFICIENT_STOCK: ");
-                self.store.transition(&new.reservation_id, &[Status::Pending], Status::Rejected, "insufficient stock", None, 0, Some(detail)).await?;
+                self.store
+                    .transition(
+                        &new.reservation_id,
+                        &[Status::Pending],
+                        Status::Rejected,
+                        "insufficient stock",
+                        None,
+                        0,
+                        Some(detail),
+                    )
+                    .await?;
                 tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
                 Err(error)
             }
@@ -100,7 +120,9 @@ impl Reservations {
         let outcome = self.engine.confirm(reservation_id, &reservation.cells()).await?;
         match outcome {
             ConfirmOutcome::Confirmed { .. } => {
-                self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+                self.store
+                    .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
+                    .await?;
                 if let Some(demand) = &self.demand {
                     demand.send(&reservation, occurred_at_ms).await;
                 }
@@ -108,13 +130,28 @@ impl Reservations {
             }
             ConfirmOutcome::AlreadyConfirmed { .. } => {
                 // A concurrent confirm won the counter step; make sure the record says so.
-                self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+                self.store
+                    .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
+                    .await?;
                 Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true })
             }
             ConfirmOutcome::HoldMissing { now_ms } => {
                 if now_ms >= reservation.expires_at_ms {
-                    self.store.transition(reservation_id, &[Status::Held], Status::Expired, "expired before confirm", None, 0, None).await?;
-                    return Err(ReservationError::refused("HOLD_EXPIRED", format!("hold {reservation_id} expired before it was confirmed")));
+                    self.store
+                        .transition(
+                            reservation_id,
+                            &[Status::Held],
+                            Status::Expired,
+                            "expired before confirm",
+                            None,
+                            0,
+                            None,
+                        )
+                        .await?;
+                    return Err(ReservationError::refused(
+                        "HOLD_EXPIRED",
+                        format!("hold {reservation_id} expired before it was confirmed"),
+                    ));
                 }
                 // Released by a concurrent call (its record may trail by a moment), or lost with
                 // the counter store's data: either way, never confirmable.
@@ -128,7 +165,10 @@ impl Reservations {
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(ReservationError::refused("HOLD_LOST", format!("hold {reservation_id} is not in the counter store")))
+                Err(ReservationError::refused(
+                    "HOLD_LOST",
+                    format!("hold {reservation_id} is not in the counter store"),
+                ))
             }
         }
     }
@@ -146,7 +186,10 @@ impl Reservations {
         let released = self.engine.release(reservation_id, &reservation.cells()).await?;
         let units = released.hold_units + released.committed_units;
         if from == Status::Confirmed && units == 0 {
-            return Err(ReservationError::refused("FULLY_SHIPPED", format!("reservation {reservation_id} has no unshipped units to release")));
+            return Err(ReservationError::refused(
+                "FULLY_SHIPPED",
+                format!("reservation {reservation_id} has no unshipped units to release"),
+            ));
         }
         let to = if from == Status::Held && units == 0 { Status::Expired } else { Status::Released };
         let moved = self.store.transition(reservation_id, &[from], to, reason, None, units, None).await?;
@@ -171,9 +214,21 @@ impl Reservations {
             }
             if state.committed_cells == cells.len() {
                 // Confirmed in the counters but the record was not written (crash): record it.
-                self.store.transition(&reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None).await?;
+                self.store
+                    .transition(
+                        &reservation_id,
+                        &[Status::Held],
+                        Status::Confirmed,
+                        "confirmed (recovered)",
+                        None,
+                        0,
+                        None,
+                    )
+                    .await?;
             } else {
-                self.store.transition(&reservation_id, &[Status::Held], Status::Expired, "expired", None, 0, None).await?;
+                self.store
+                    .transition(&reservation_id, &[Status::Held], Status::Expired, "expired", None, 0, None)
+                    .await?;
             }
             settled += 1;
         }
@@ -181,7 +236,17 @@ impl Reservations {
             let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
             let state = self.engine.hold_state(&reservation_id, &reservation.cells()).await?;
             if state.live_cells == reservation.lines.len() {
-                self.store.transition(&reservation_id, &[Status::Pending], Status::Held, "held (recovered)", Some(state.earliest_deadline_ms), 0, None).await?;
+                self.store
+                    .transition(
+                        &reservation_id,
+                        &[Status::Pending],
+                        Status::Held,
+                        "held (recovered)",
+                        Some(state.earliest_deadline_ms),
+                        0,
+                        None,
+                    )
+                    .await?;
             } else {
                 self.engine.release(&reservation_id, &reservation.cells()).await?;
                 self.store.drop_claim(&reservation_id).await?;
@@ -194,10 +259,16 @@ impl Reservations {
 
 fn ended(reservation_id: &str, status: Status) -> ReservationError {
     match status {
-        Status::Released => ReservationError::refused("ALREADY_RELEASED", format!("reservation {reservation_id} was released")),
+        Status::Released => {
+            ReservationError::refused("ALREADY_RELEASED", format!("reservation {reservation_id} was released"))
+        }
         Status::Expired => ReservationError::refused("HOLD_EXPIRED", format!("hold {reservation_id} expired")),
-        Status::Rejected => ReservationError::refused("NOT_HELD", format!("reservation {reservation_id} was rejected; nothing is held")),
-        Status::Confirmed => ReservationError::refused("ALREADY_CONFIRMED", format!("reservation {reservation_id} is confirmed")),
+        Status::Rejected => {
+            ReservationError::refused("NOT_HELD", format!("reservation {reservation_id} was rejected; nothing is held"))
+        }
+        Status::Confirmed => {
+            ReservationError::refused("ALREADY_CONFIRMED", format!("reservation {reservation_id} is confirmed"))
+        }
         Status::Held | Status::Pending => ReservationError::InProgress(reservation_id.to_owned()),
     }
 }

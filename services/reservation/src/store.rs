@@ -3,8 +3,9 @@
 //! the idempotency arbiter: the request that inserts it owns the reservation; concurrent duplicates
 //! read it. Every status change is conditional on the status it leaves, so a hold ends exactly once.
 use sea_orm::{
-    ActiveValue::{NotSet, Set}, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::{Expr, ExprTrait},
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
 };
 
 use crate::{
@@ -202,7 +203,10 @@ impl ReservationStore {
             released_units: row.released_units,
             detail: row.detail,
             created_at_ms: row.created_at_ms,
-            lines: lines.into_iter().map(|l| CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units }).collect(),
+            lines: lines
+                .into_iter()
+                .map(|l| CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units })
+                .collect(),
             history: history.into_iter().map(|h| (Status::from_code(h.status), h.at_ms, h.reason)).collect(),
         }))
     }
@@ -224,7 +228,10 @@ impl ReservationStore {
         let mut update = reservation::Entity::update_many()
             .col_expr(reservation::Column::Status, Expr::value(to.code()))
             .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
-            .col_expr(reservation::Column::ReleasedUnits, Expr::col(reservation::Column::ReleasedUnits).add(released_units));
+            .col_expr(
+                reservation::Column::ReleasedUnits,
+                Expr::col(reservation::Column::ReleasedUnits).add(released_units),
+            );
         if let Some(expires_at_ms) = expires_at_ms {
             update = update.col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms));
         }
@@ -281,7 +288,10 @@ impl ReservationStore {
     }
 
     /// Every line of reservations in the given statuses: (reservation id, status, deadline, line).
-    pub async fn lines_in_status(&self, statuses: &[Status]) -> ReservationResult<Vec<(String, Status, i64, CellUnits)>> {
+    pub async fn lines_in_status(
+        &self,
+        statuses: &[Status],
+    ) -> ReservationResult<Vec<(String, Status, i64, CellUnits)>> {
         let rows = reservation::Entity::find()
             .filter(reservation::Column::Status.is_in(statuses.iter().map(|s| s.code())))
             .all(&self.db)
@@ -296,7 +306,12 @@ impl ReservationStore {
             let lines = line::Entity::find().filter(line::Column::ReservationId.is_in(ids)).all(&self.db).await?;
             for l in lines {
                 let (status, deadline) = by_id[&l.reservation_id];
-                out.push((l.reservation_id, status, deadline, CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units }));
+                out.push((
+                    l.reservation_id,
+                    status,
+                    deadline,
+                    CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units },
+                ));
             }
         }
         Ok(out)

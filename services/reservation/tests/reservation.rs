@@ -12,7 +12,12 @@ use tonic::Code;
 
 const TTL: u64 = 600_000;
 
-async fn reserve_concurrently(mesh: &TestMesh, ids: Vec<String>, sku: &str, units: i64) -> Vec<Result<rv::Reservation, tonic::Status>> {
+async fn reserve_concurrently(
+    mesh: &TestMesh,
+    ids: Vec<String>,
+    sku: &str,
+    units: i64,
+) -> Vec<Result<rv::Reservation, tonic::Status>> {
     let barrier = Arc::new(Barrier::new(ids.len()));
     let tasks: Vec<_> = ids
         .into_iter()
@@ -48,7 +53,11 @@ backend_tests!(two_checkouts_for_the_last_units_exactly_one_wins_b01, |mesh: &Te
         let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         assert_eq!(ok, 1, "round {round}");
         assert_eq!(refused.len(), 1, "round {round}");
-        assert_eq!((refused[0].code(), reason(refused[0]).as_str()), (Code::FailedPrecondition, "INSUFFICIENT_STOCK"), "round {round}");
+        assert_eq!(
+            (refused[0].code(), reason(refused[0]).as_str()),
+            (Code::FailedPrecondition, "INSUFFICIENT_STOCK"),
+            "round {round}"
+        );
         assert_eq!(parts(&mesh.cell(&sku, "L1").await), (5, 3, 0, 2), "round {round}");
     }
 });
@@ -63,7 +72,12 @@ backend_tests!(sixty_four_buyers_for_ten_units_exactly_ten_win_and_atp_never_dip
             tokio::spawn(async move {
                 let mut lowest = i64::MAX;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let cells = client.get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell(&sku, "L1")] }).await.unwrap().into_inner().cells;
+                    let cells = client
+                        .get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell(&sku, "L1")] })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .cells;
                     lowest = lowest.min(cells[0].atp_units);
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -74,7 +88,10 @@ backend_tests!(sixty_four_buyers_for_ten_units_exactly_ten_win_and_atp_never_dip
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let lowest = sampler.await.unwrap();
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "round {round}");
-        assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|s| reason(s) == "INSUFFICIENT_STOCK"), "round {round}");
+        assert!(
+            results.iter().filter_map(|r| r.as_ref().err()).all(|s| reason(s) == "INSUFFICIENT_STOCK"),
+            "round {round}"
+        );
         assert_eq!(parts(&mesh.cell(&sku, "L1").await), (10, 10, 0, 0), "round {round}");
         assert!(lowest >= 0, "ATP sampled below zero: {lowest}");
     }
@@ -123,7 +140,13 @@ backend_tests!(a_stale_check_is_caught_at_reserve_time_b05, |mesh: &TestMesh| as
     let refused = mesh.reserve("ox", &[("A", "L1", 3)], TTL).await.unwrap_err();
     assert_eq!((refused.code(), reason(&refused).as_str()), (Code::FailedPrecondition, "INSUFFICIENT_STOCK"));
     assert!(refused.message().contains("requested 3, available 1"), "{}", refused.message());
-    let record = mesh.reservation.clone().get_reservation(rv::GetReservationRequest { reservation_id: "ox".into() }).await.unwrap().into_inner();
+    let record = mesh
+        .reservation
+        .clone()
+        .get_reservation(rv::GetReservationRequest { reservation_id: "ox".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(record.reservation.unwrap().status, rv::ReservationStatus::Rejected as i32);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (3, 0, 2, 1));
 });
@@ -139,7 +162,10 @@ backend_tests!(two_payment_callbacks_commit_once_b06, |mesh: &TestMesh| async mo
                 let (mut client, barrier, id) = (mesh.reservation.clone(), barrier.clone(), id.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    client.confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id, occurred_at: None }).await.map(|r| r.into_inner())
+                    client
+                        .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id, occurred_at: None })
+                        .await
+                        .map(|r| r.into_inner())
                 })
             })
             .collect();
@@ -159,25 +185,31 @@ backend_tests!(two_payment_callbacks_commit_once_b06, |mesh: &TestMesh| async mo
     }
 });
 
-backend_tests!(a_retried_reserve_returns_the_same_hold_and_a_changed_body_is_refused_b08, |mesh: &TestMesh| async move {
-    mesh.receive("A", "L1", 10).await;
-    let first = mesh.reserve("K1", &[("A", "L1", 4)], TTL).await.unwrap();
-    for _ in 0..3 {
-        let retry = mesh.reserve("K1", &[("A", "L1", 4)], TTL).await.unwrap();
-        assert_eq!((retry.reservation_id.as_str(), retry.expires_at), (first.reservation_id.as_str(), first.expires_at));
+backend_tests!(
+    a_retried_reserve_returns_the_same_hold_and_a_changed_body_is_refused_b08,
+    |mesh: &TestMesh| async move {
+        mesh.receive("A", "L1", 10).await;
+        let first = mesh.reserve("K1", &[("A", "L1", 4)], TTL).await.unwrap();
+        for _ in 0..3 {
+            let retry = mesh.reserve("K1", &[("A", "L1", 4)], TTL).await.unwrap();
+            assert_eq!(
+                (retry.reservation_id.as_str(), retry.expires_at),
+                (first.reservation_id.as_str(), first.expires_at)
+            );
+        }
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 4, 0, 6));
+        // Concurrent retries resolve to one effect.
+        let results = reserve_concurrently(mesh, vec!["K2".into(); 8], "A", 2).await;
+        assert!(results.iter().all(|r| r.as_ref().map(|h| h.reservation_id == "K2").unwrap_or(false)), "{results:?}");
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 6, 0, 4));
+        let changed = mesh.reserve("K1", &[("A", "L1", 5)], TTL).await.unwrap_err();
+        assert_eq!(changed.code(), Code::AlreadyExists);
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 6, 0, 4));
+        let no_key = mesh.reserve("", &[("A", "L1", 1)], TTL).await.unwrap_err();
+        assert_eq!(no_key.code(), Code::InvalidArgument);
+        assert!(no_key.message().contains("reservation_id"), "{}", no_key.message());
     }
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 4, 0, 6));
-    // Concurrent retries resolve to one effect.
-    let results = reserve_concurrently(mesh, vec!["K2".into(); 8], "A", 2).await;
-    assert!(results.iter().all(|r| r.as_ref().map(|h| h.reservation_id == "K2").unwrap_or(false)), "{results:?}");
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 6, 0, 4));
-    let changed = mesh.reserve("K1", &[("A", "L1", 5)], TTL).await.unwrap_err();
-    assert_eq!(changed.code(), Code::AlreadyExists);
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (10, 6, 0, 4));
-    let no_key = mesh.reserve("", &[("A", "L1", 1)], TTL).await.unwrap_err();
-    assert_eq!(no_key.code(), Code::InvalidArgument);
-    assert!(no_key.message().contains("reservation_id"), "{}", no_key.message());
-});
+);
 
 backend_tests!(a_client_that_gave_up_retries_with_its_key_and_gets_one_hold_b08, |mesh: &TestMesh| async move {
     for round in 0..20 {
@@ -221,7 +253,8 @@ backend_tests!(bad_input_names_the_field_and_changes_nothing, |mesh: &TestMesh| 
         assert!(error.message().starts_with(field), "{field}: {}", error.message());
     }
     for rpc in ["confirm", "release"] {
-        let error = if rpc == "confirm" { mesh.confirm("").await.unwrap_err() } else { mesh.release("").await.unwrap_err() };
+        let error =
+            if rpc == "confirm" { mesh.confirm("").await.unwrap_err() } else { mesh.release("").await.unwrap_err() };
         assert_eq!(error.code(), Code::InvalidArgument);
         assert!(error.message().starts_with("reservation_id"));
     }
@@ -272,7 +305,13 @@ backend_tests!(every_ending_releases_once_and_a_split_cancel_frees_every_cell_b1
         ("ab", rv::ReleaseReason::Abandoned),
     ] {
         mesh.reserve(id, &[("A", "L1", 3)], TTL).await.unwrap();
-        let released = mesh.reservation.clone().release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: why as i32 }).await.unwrap().into_inner();
+        let released = mesh
+            .reservation
+            .clone()
+            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: why as i32 })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(released.released_units, 3);
         assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
         assert_eq!(mesh.release(id).await.unwrap().released_units, 0, "second release does nothing");
@@ -286,9 +325,24 @@ backend_tests!(every_ending_releases_once_and_a_split_cancel_frees_every_cell_b1
     assert_eq!(mesh.release("split").await.unwrap().released_units, 4);
     assert_eq!(mesh.cell("A", "L1").await.atp_units, 15);
     assert_eq!(mesh.cell("A", "L2").await.atp_units, 5);
-    let record = mesh.reservation.clone().get_reservation(rv::GetReservationRequest { reservation_id: "split".into() }).await.unwrap().into_inner().reservation.unwrap();
+    let record = mesh
+        .reservation
+        .clone()
+        .get_reservation(rv::GetReservationRequest { reservation_id: "split".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation
+        .unwrap();
     let statuses: Vec<i32> = record.history.iter().map(|h| h.status).collect();
-    assert_eq!(statuses, vec![rv::ReservationStatus::Held as i32, rv::ReservationStatus::Confirmed as i32, rv::ReservationStatus::Released as i32]);
+    assert_eq!(
+        statuses,
+        vec![
+            rv::ReservationStatus::Held as i32,
+            rv::ReservationStatus::Confirmed as i32,
+            rv::ReservationStatus::Released as i32
+        ]
+    );
 });
 
 /// Expiry on the embedded engine, with a manual clock: exact, without any sweeper (B16, B17).
@@ -335,7 +389,15 @@ async fn expiry_is_exact_on_redis_and_the_sweeper_records_it_b16_b17() {
     mesh.receive("B", "L1", 1).await;
     mesh.reserve("quiet", &[("B", "L1", 1)], 500).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let record = mesh.reservation.clone().get_reservation(rv::GetReservationRequest { reservation_id: "quiet".into() }).await.unwrap().into_inner().reservation.unwrap();
+    let record = mesh
+        .reservation
+        .clone()
+        .get_reservation(rv::GetReservationRequest { reservation_id: "quiet".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation
+        .unwrap();
     assert_eq!(record.status, rv::ReservationStatus::Expired as i32);
     // Extending is not offered yet; confirming a live hold within its TTL works.
     mesh.reserve("H3", &[("B", "L1", 1)], 10_000).await.unwrap();

@@ -8,8 +8,12 @@ use std::{
 };
 
 use mesh_proto::{
-    availability::v1::{GetChannelAtpRequest, ListLocationsRequest, availability_service_client::AvailabilityServiceClient},
-    reservation::v1::{CreateReservationRequest, ReservationLine, reservation_service_client::ReservationServiceClient},
+    availability::v1::{
+        GetChannelAtpRequest, ListLocationsRequest, availability_service_client::AvailabilityServiceClient,
+    },
+    reservation::v1::{
+        CreateReservationRequest, ReservationLine, reservation_service_client::ReservationServiceClient,
+    },
     sourcing::v1::{self as pb, sourcing_service_server::SourcingService},
 };
 use prost::Message;
@@ -94,7 +98,14 @@ fn validate(request: &pb::SourceOrderRequest) -> Result<ValidOrder, Status> {
 
 impl SourcingApi {
     /// Builds the handlers over the peers' channels and the store.
-    pub fn new(availability: Channel, reservation: Channel, store: SourcingStore, call_timeout: Duration, max_split_nodes: usize, max_attempts: u32) -> Self {
+    pub fn new(
+        availability: Channel,
+        reservation: Channel,
+        store: SourcingStore,
+        call_timeout: Duration,
+        max_split_nodes: usize,
+        max_attempts: u32,
+    ) -> Self {
         Self {
             availability: AvailabilityServiceClient::new(availability),
             reservation: ReservationServiceClient::new(reservation),
@@ -107,7 +118,11 @@ impl SourcingApi {
     }
 
     /// Returns the location directory, reading it again when stale or when `needed` has an unknown id.
-    async fn locations(&self, context: &CallContext, needed: &[String]) -> SourcingResult<HashMap<String, LocationInfo>> {
+    async fn locations(
+        &self,
+        context: &CallContext,
+        needed: &[String],
+    ) -> SourcingResult<HashMap<String, LocationInfo>> {
         {
             let cache = self.locations.read().await;
             let fresh = cache.loaded_at.is_some_and(|at| at.elapsed() < LOCATIONS_TTL);
@@ -115,13 +130,22 @@ impl SourcingApi {
                 return Ok(cache.locations.clone());
             }
         }
-        let request = context.request(ListLocationsRequest {}, self.call_timeout).map_err(|s| SourcingError::peer("availability", &s))?;
-        let response = self.availability.clone().list_locations(request).await.map_err(|s| SourcingError::peer("availability", &s))?;
+        let request = context
+            .request(ListLocationsRequest {}, self.call_timeout)
+            .map_err(|s| SourcingError::peer("availability", &s))?;
+        let response = self
+            .availability
+            .clone()
+            .list_locations(request)
+            .await
+            .map_err(|s| SourcingError::peer("availability", &s))?;
         let locations: HashMap<String, LocationInfo> = response
             .into_inner()
             .locations
             .into_iter()
-            .map(|l| (l.location_id, LocationInfo { position: l.position.map(|p| (p.lat, p.lon)), priority: l.priority }))
+            .map(|l| {
+                (l.location_id, LocationInfo { position: l.position.map(|p| (p.lat, p.lon)), priority: l.priority })
+            })
             .collect();
         let mut cache = self.locations.write().await;
         cache.loaded_at = Some(Instant::now());
@@ -130,7 +154,11 @@ impl SourcingApi {
     }
 
     /// Reads candidate nodes for the order from availability (channel view, ATP > 0 per cell).
-    async fn candidates(&self, context: &CallContext, order: &ValidOrder) -> SourcingResult<(Vec<Candidate>, Vec<String>)> {
+    async fn candidates(
+        &self,
+        context: &CallContext,
+        order: &ValidOrder,
+    ) -> SourcingResult<(Vec<Candidate>, Vec<String>)> {
         let skus: Vec<String> = order.demand.iter().map(|(sku, _)| sku.clone()).collect();
         let request = context
             .request(GetChannelAtpRequest { channel_id: order.channel_id.clone(), skus }, self.call_timeout)
@@ -138,7 +166,10 @@ impl SourcingApi {
         let response = match self.availability.clone().get_channel_atp(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
-                return Err(SourcingError::InvalidArgument { field: "channel_id".into(), description: format!("channel {} does not exist", order.channel_id) });
+                return Err(SourcingError::InvalidArgument {
+                    field: "channel_id".into(),
+                    description: format!("channel {} does not exist", order.channel_id),
+                });
             }
             Err(status) => return Err(SourcingError::peer("availability", &status)),
         };
@@ -174,8 +205,15 @@ impl SourcingApi {
     }
 
     /// Plans (and unless dry-run, reserves) one order.
-    async fn source(&self, context: &CallContext, request: &pb::SourceOrderRequest) -> SourcingResult<pb::SourceOrderResponse> {
-        let order = validate(request).map_err(|s| SourcingError::InvalidArgument { field: String::new(), description: s.message().to_owned() })?;
+    async fn source(
+        &self,
+        context: &CallContext,
+        request: &pb::SourceOrderRequest,
+    ) -> SourcingResult<pb::SourceOrderResponse> {
+        let order = validate(request).map_err(|s| SourcingError::InvalidArgument {
+            field: String::new(),
+            description: s.message().to_owned(),
+        })?;
         if !request.dry_run {
             if let Some(encoded) = self.store.get(&order.order_id).await? {
                 if let Ok(previous) = pb::SourceOrderResponse::decode(encoded.as_slice()) {
@@ -186,7 +224,8 @@ impl SourcingApi {
         let max_nodes = if request.allow_split { self.max_split_nodes } else { 1 };
         for attempt in 1..=self.max_attempts {
             let (candidates, carried) = self.candidates(context, &order).await?;
-            let plan = domain::plan(&order.demand, &candidates, &carried, max_nodes, request.allow_backorder).map_err(refusal)?;
+            let plan = domain::plan(&order.demand, &candidates, &carried, max_nodes, request.allow_backorder)
+                .map_err(refusal)?;
             let mut response = pb::SourceOrderResponse {
                 order_id: order.order_id.clone(),
                 shipments: plan
@@ -194,15 +233,27 @@ impl SourcingApi {
                     .iter()
                     .map(|s| pb::Shipment {
                         location_id: s.location_id.clone(),
-                        lines: s.lines.iter().map(|(sku, units)| pb::ShipmentLine { sku: sku.clone(), quantity_units: *units }).collect(),
+                        lines: s
+                            .lines
+                            .iter()
+                            .map(|(sku, units)| pb::ShipmentLine { sku: sku.clone(), quantity_units: *units })
+                            .collect(),
                         distance_km: s.distance_km.unwrap_or(0.0),
                     })
                     .collect(),
-                backordered: plan.backordered.iter().map(|(sku, units)| pb::BackorderedLine { sku: sku.clone(), quantity_units: *units }).collect(),
+                backordered: plan
+                    .backordered
+                    .iter()
+                    .map(|(sku, units)| pb::BackorderedLine { sku: sku.clone(), quantity_units: *units })
+                    .collect(),
                 explanations: plan
                     .explanations
                     .iter()
-                    .map(|e| pb::Explanation { location_id: e.location_id.clone(), verdict: e.verdict.to_owned(), reason: e.reason.clone() })
+                    .map(|e| pb::Explanation {
+                        location_id: e.location_id.clone(),
+                        verdict: e.verdict.to_owned(),
+                        reason: e.reason.clone(),
+                    })
                     .collect(),
                 reservation_id: String::new(),
                 attempts: attempt,
@@ -212,11 +263,18 @@ impl SourcingApi {
                 return Ok(response);
             }
             if !response.shipments.is_empty() {
-                let reservation_id = if attempt == 1 { order.order_id.clone() } else { format!("{}:retry{attempt}", order.order_id) };
+                let reservation_id =
+                    if attempt == 1 { order.order_id.clone() } else { format!("{}:retry{attempt}", order.order_id) };
                 let lines = response
                     .shipments
                     .iter()
-                    .flat_map(|s| s.lines.iter().map(|l| ReservationLine { sku: l.sku.clone(), location_id: s.location_id.clone(), quantity_units: l.quantity_units }))
+                    .flat_map(|s| {
+                        s.lines.iter().map(|l| ReservationLine {
+                            sku: l.sku.clone(),
+                            location_id: s.location_id.clone(),
+                            quantity_units: l.quantity_units,
+                        })
+                    })
                     .collect();
                 let create = CreateReservationRequest {
                     reservation_id: reservation_id.clone(),
@@ -225,7 +283,8 @@ impl SourcingApi {
                     ttl_ms: request.hold_ttl_ms,
                     channel_id: order.channel_id.clone(),
                 };
-                let call = context.request(create, self.call_timeout).map_err(|s| SourcingError::peer("reservation", &s))?;
+                let call =
+                    context.request(create, self.call_timeout).map_err(|s| SourcingError::peer("reservation", &s))?;
                 match self.reservation.clone().create_reservation(call).await {
                     Ok(_) => response.reservation_id = reservation_id,
                     Err(status) if status.code() == Code::FailedPrecondition && attempt < self.max_attempts => {
@@ -245,7 +304,11 @@ impl SourcingApi {
             self.store.record(&order.order_id, &response.reservation_id, &response.encode_to_vec()).await?;
             return Ok(response);
         }
-        Err(SourcingError::Refused { reason: "INSUFFICIENT_STOCK", message: "no plan could be reserved".into(), metadata: HashMap::new() })
+        Err(SourcingError::Refused {
+            reason: "INSUFFICIENT_STOCK",
+            message: "no plan could be reserved".into(),
+            metadata: HashMap::new(),
+        })
     }
 }
 
@@ -267,7 +330,10 @@ fn refusal(error: PlanError) -> SourcingError {
 #[tonic::async_trait]
 impl SourcingService for SourcingApi {
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn source_order(&self, request: Request<pb::SourceOrderRequest>) -> Result<Response<pb::SourceOrderResponse>, Status> {
+    async fn source_order(
+        &self,
+        request: Request<pb::SourceOrderRequest>,
+    ) -> Result<Response<pb::SourceOrderResponse>, Status> {
         let context = CallContext::from_request(&request);
         validate(request.get_ref())?;
         // Once reserving has started it runs to completion (and is recorded) even if the caller
@@ -283,11 +349,19 @@ impl SourcingService for SourcingApi {
         Ok(Response::new(decision))
     }
 
-    async fn get_sourcing_decision(&self, request: Request<pb::GetSourcingDecisionRequest>) -> Result<Response<pb::GetSourcingDecisionResponse>, Status> {
+    async fn get_sourcing_decision(
+        &self,
+        request: Request<pb::GetSourcingDecisionRequest>,
+    ) -> Result<Response<pb::GetSourcingDecisionResponse>, Status> {
         let order_id = request.into_inner().order_id;
         validate_id("order_id", &order_id)?;
-        let encoded = self.store.get(&order_id).await?.ok_or_else(|| SourcingError::NotFound(format!("decision for order {order_id}")))?;
-        let decision = pb::SourceOrderResponse::decode(encoded.as_slice()).map_err(|_| Status::internal("internal error"))?;
+        let encoded = self
+            .store
+            .get(&order_id)
+            .await?
+            .ok_or_else(|| SourcingError::NotFound(format!("decision for order {order_id}")))?;
+        let decision =
+            pb::SourceOrderResponse::decode(encoded.as_slice()).map_err(|_| Status::internal("internal error"))?;
         Ok(Response::new(pb::GetSourcingDecisionResponse { decision: Some(decision) }))
     }
 }

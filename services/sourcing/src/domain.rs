@@ -61,10 +61,7 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 /// Orders candidates by distance (unknown last), then higher priority, then id.
 fn closer(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     let distance = |c: &Candidate| c.distance_km.unwrap_or(f64::INFINITY);
-    distance(a)
-        .total_cmp(&distance(b))
-        .then(b.priority.cmp(&a.priority))
-        .then(a.location_id.cmp(&b.location_id))
+    distance(a).total_cmp(&distance(b)).then(b.priority.cmp(&a.priority)).then(a.location_id.cmp(&b.location_id))
 }
 
 fn describe_distance(d: Option<f64>) -> String {
@@ -114,7 +111,10 @@ pub fn plan(
         let reason = if shipped == open_total && shipments.is_empty() {
             format!("ships the whole order; nearest such node ({})", describe_distance(node.distance_km))
         } else {
-            format!("ships {shipped} of {open_total} open units, the most of any node ({})", describe_distance(node.distance_km))
+            format!(
+                "ships {shipped} of {open_total} open units, the most of any node ({})",
+                describe_distance(node.distance_km)
+            )
         };
         explanations.push(Explanation { location_id: node.location_id.clone(), verdict: "chosen", reason });
         shipments.push(PlannedShipment { location_id: node.location_id.clone(), distance_km: node.distance_km, lines });
@@ -124,20 +124,28 @@ pub fn plan(
         let (verdict, reason) = if could_ship == 0 {
             ("excluded", "has no ATP for the order's SKUs".to_owned())
         } else if open.values().all(|u| *u == 0) {
-            ("not needed", format!("could ship {could_ship} units, but the chosen nodes cover the order with fewer shipments or shorter distance ({})", describe_distance(node.distance_km)))
+            (
+                "not needed",
+                format!(
+                    "could ship {could_ship} units, but the chosen nodes cover the order with fewer shipments or shorter distance ({})",
+                    describe_distance(node.distance_km)
+                ),
+            )
         } else {
-            ("excluded", format!("split limit of {max_nodes} node(s) reached ({})", describe_distance(node.distance_km)))
+            (
+                "excluded",
+                format!("split limit of {max_nodes} node(s) reached ({})", describe_distance(node.distance_km)),
+            )
         };
         explanations.push(Explanation { location_id: node.location_id.clone(), verdict, reason });
     }
-    let short: Vec<(String, i64)> = demand
-        .iter()
-        .filter_map(|(sku, _)| open.get(sku).filter(|u| **u > 0).map(|u| (sku.clone(), *u)))
-        .collect();
+    let short: Vec<(String, i64)> =
+        demand.iter().filter_map(|(sku, _)| open.get(sku).filter(|u| **u > 0).map(|u| (sku.clone(), *u))).collect();
     if short.is_empty() {
         return Ok(Plan { shipments, backordered: Vec::new(), explanations });
     }
-    let not_carried: Vec<String> = short.iter().filter(|(sku, _)| !carried.contains(sku)).map(|(sku, _)| sku.clone()).collect();
+    let not_carried: Vec<String> =
+        short.iter().filter(|(sku, _)| !carried.contains(sku)).map(|(sku, _)| sku.clone()).collect();
     if !not_carried.is_empty() {
         return Err(PlanError::NotCarried(not_carried));
     }
@@ -170,7 +178,11 @@ mod tests {
 
     #[test]
     fn prefers_the_nearest_node_that_ships_everything() {
-        let nodes = [node("FAR", 900.0, 0, &[("A", 5), ("B", 5)]), node("NEAR", 10.0, 0, &[("A", 5), ("B", 5)]), node("PART", 1.0, 0, &[("A", 5)])];
+        let nodes = [
+            node("FAR", 900.0, 0, &[("A", 5), ("B", 5)]),
+            node("NEAR", 10.0, 0, &[("A", 5), ("B", 5)]),
+            node("PART", 1.0, 0, &[("A", 5)]),
+        ];
         let result = plan(&demand(&[("A", 2), ("B", 1)]), &nodes, &carried(&["A", "B"]), 3, false).unwrap();
         assert_eq!(result.shipments.len(), 1);
         assert_eq!(result.shipments[0].location_id, "NEAR");
@@ -190,7 +202,8 @@ mod tests {
         // With L2 holding only 9, both are needed: L2:9 and L1:4.
         let nodes = [node("L1", 1.0, 2, &[("A", 4)]), node("L2", 2.0, 1, &[("A", 9)])];
         let result = plan(&demand(&[("A", 13)]), &nodes, &carried(&["A"]), 3, false).unwrap();
-        let mut parts: Vec<(String, i64)> = result.shipments.iter().map(|s| (s.location_id.clone(), s.lines[0].1)).collect();
+        let mut parts: Vec<(String, i64)> =
+            result.shipments.iter().map(|s| (s.location_id.clone(), s.lines[0].1)).collect();
         parts.sort();
         assert_eq!(parts, vec![("L1".to_owned(), 4), ("L2".to_owned(), 9)]);
     }

@@ -45,7 +45,9 @@ impl From<SourcingError> for Status {
     fn from(error: SourcingError) -> Self {
         match &error {
             SourcingError::InvalidArgument { field, description } => invalid_argument(field, description),
-            SourcingError::Refused { reason, message, metadata } => failed_precondition(reason, message, metadata.clone()),
+            SourcingError::Refused { reason, message, metadata } => {
+                failed_precondition(reason, message, metadata.clone())
+            }
             _ => to_status(&error),
         }
     }

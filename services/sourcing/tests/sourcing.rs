@@ -54,8 +54,12 @@ backend_tests!(one_node_that_ships_everything_wins_and_every_node_is_explained, 
     let plan = source(mesh, order("o1", "web", &[("A", 2), ("B", 1)], true, false)).await.unwrap();
     assert_eq!(shipped(&plan), vec![("RJ".into(), "A".into(), 2), ("RJ".into(), "B".into(), 1)]);
     assert!((plan.shipments[0].distance_km - 357.0).abs() < 15.0, "{}", plan.shipments[0].distance_km);
-    let verdicts: Vec<(String, String)> = plan.explanations.iter().map(|e| (e.location_id.clone(), e.verdict.clone())).collect();
-    assert_eq!(verdicts, vec![("RJ".into(), "chosen".into()), ("SP".into(), "not needed".into()), ("POA".into(), "not needed".into())]);
+    let verdicts: Vec<(String, String)> =
+        plan.explanations.iter().map(|e| (e.location_id.clone(), e.verdict.clone())).collect();
+    assert_eq!(
+        verdicts,
+        vec![("RJ".into(), "chosen".into()), ("SP".into(), "not needed".into()), ("POA".into(), "not needed".into())]
+    );
     assert_eq!(plan.reservation_id, "o1");
     assert_eq!(plan.attempts, 1);
     assert_eq!(parts(&mesh.cell("A", "RJ").await), (5, 2, 0, 3));
@@ -63,7 +67,13 @@ backend_tests!(one_node_that_ships_everything_wins_and_every_node_is_explained, 
     // The decision is recorded, and a retry of the same order replays it without a second hold.
     let again = source(mesh, order("o1", "web", &[("A", 2), ("B", 1)], true, false)).await.unwrap();
     assert_eq!(again, plan);
-    let recorded = mesh.sourcing.clone().get_sourcing_decision(pb::GetSourcingDecisionRequest { order_id: "o1".into() }).await.unwrap().into_inner();
+    let recorded = mesh
+        .sourcing
+        .clone()
+        .get_sourcing_decision(pb::GetSourcingDecisionRequest { order_id: "o1".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(recorded.decision.unwrap(), plan);
     assert_eq!(parts(&mesh.cell("A", "RJ").await), (5, 2, 0, 3));
 });
@@ -129,7 +139,12 @@ backend_tests!(a_dry_run_explains_and_reserves_nothing, |mesh: &TestMesh| async 
     assert_eq!(plan.backordered, vec![pb::BackorderedLine { sku: "A".into(), quantity_units: 2 }]);
     assert_eq!(plan.reservation_id, "");
     assert_eq!(parts(&mesh.cell("A", "POA").await), (3, 0, 0, 3));
-    let missing = mesh.sourcing.clone().get_sourcing_decision(pb::GetSourcingDecisionRequest { order_id: "dry".into() }).await.unwrap_err();
+    let missing = mesh
+        .sourcing
+        .clone()
+        .get_sourcing_decision(pb::GetSourcingDecisionRequest { order_id: "dry".into() })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 });
 
@@ -141,7 +156,13 @@ backend_tests!(bad_orders_name_the_field, |mesh: &TestMesh| async move {
         (order("o", "web", &[], true, true), "lines"),
         (order("o", "web", &[("A", 0)], true, true), "lines[0].quantity_units"),
         (order("o", "web", &[("A", 1), ("", 1)], true, true), "lines[1].sku"),
-        (pb::SourceOrderRequest { ship_to: Some(GeoPoint { lat: 91.0, lon: 0.0 }), ..order("o", "web", &[("A", 1)], true, true) }, "ship_to"),
+        (
+            pb::SourceOrderRequest {
+                ship_to: Some(GeoPoint { lat: 91.0, lon: 0.0 }),
+                ..order("o", "web", &[("A", 1)], true, true)
+            },
+            "ship_to",
+        ),
     ] {
         let error = source(mesh, request).await.unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument, "{field}");
@@ -158,7 +179,11 @@ backend_tests!(a_competing_order_that_wins_the_stock_triggers_a_replan, |mesh: &
         let barrier = Arc::new(Barrier::new(2));
         let calls: Vec<_> = (0..2)
             .map(|i| {
-                let (mut client, barrier, request) = (mesh.sourcing.clone(), barrier.clone(), order(&format!("r{round}-{i}"), "web", &[(&sku, 1)], true, false));
+                let (mut client, barrier, request) = (
+                    mesh.sourcing.clone(),
+                    barrier.clone(),
+                    order(&format!("r{round}-{i}"), "web", &[(&sku, 1)], true, false),
+                );
                 tokio::spawn(async move {
                     barrier.wait().await;
                     client.source_order(request).await.map(tonic::Response::into_inner)
@@ -198,7 +223,10 @@ async fn trace_context_and_shrinking_deadlines_pass_along_every_hop_b24() {
     for call in &calls {
         let traceparent = call.traceparent.as_deref().unwrap_or_else(|| panic!("{} has no traceparent", call.path));
         assert_eq!(traceparent.split('-').nth(1), Some(trace_id), "{}", call.path);
-        let timeout = parse_grpc_timeout(call.grpc_timeout.as_deref().unwrap_or_else(|| panic!("{} has no grpc-timeout", call.path))).unwrap();
+        let timeout = parse_grpc_timeout(
+            call.grpc_timeout.as_deref().unwrap_or_else(|| panic!("{} has no grpc-timeout", call.path)),
+        )
+        .unwrap();
         assert!(timeout <= Duration::from_millis(300), "{}: {timeout:?}", call.path);
     }
     // A caller with no time left gets DEADLINE_EXCEEDED, and nothing is reserved.
