@@ -57,6 +57,33 @@ enum Command {
     },
     /// Compares live counters with durable records on a running mesh; exits 1 on any difference.
     Reconcile,
+    /// Load tools against a running mesh.
+    Load {
+        #[command(subcommand)]
+        scenario: LoadScenario,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadScenario {
+    /// A flash sale: U units, N single-unit buyers, C in flight; prints one JSON line last.
+    FlashSale {
+        /// Units of each SKU on sale.
+        #[arg(long)]
+        units: i64,
+        /// Buyers, each reserving one unit of every SKU.
+        #[arg(long)]
+        buyers: u64,
+        /// Reservations in flight at a time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// SKUs per reservation (lines).
+        #[arg(long, default_value_t = 1)]
+        lines: usize,
+        /// Host (or host:port of the reservation service) of the mesh; default: the configured peers.
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +130,32 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 show_progress: true,
             };
             run_replay(settings, options, &report, standalone).await
+        }
+        Command::Load { scenario: LoadScenario::FlashSale { units, buyers, concurrency, lines, target } } => {
+            let (availability, reservation) = match target.as_deref() {
+                None => (settings.peers.availability.clone(), settings.peers.reservation.clone()),
+                Some(target) => {
+                    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+                    let reservation = if target.contains(':') { target.to_owned() } else { format!("{host}:50052") };
+                    (format!("http://{host}:50051"), format!("http://{reservation}"))
+                }
+            };
+            let sale = inventory_mesh::load::FlashSale {
+                units,
+                buyers,
+                concurrency,
+                lines,
+                run_id: format!("flash{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f")),
+            };
+            eprintln!("flash sale: {units} units x {lines} SKU(s), {buyers} buyers, {concurrency} in flight, against {reservation}");
+            let report = inventory_mesh::load::flash_sale(
+                &sale,
+                peer_channel(&availability, &settings.peers)?,
+                peer_channel(&reservation, &settings.peers)?,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.oversold_units == 0 && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Reconcile => {
             let availability = peer_channel(&settings.peers.availability, &settings.peers)?;
