@@ -15,11 +15,13 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use mesh_proto::{
     availability::v1::{
-        EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Location, LocationType, UpsertLocationsRequest,
-        availability_service_client::AvailabilityServiceClient,
+        EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Location, LocationType,
+        UpsertLocationsRequest, availability_service_client::AvailabilityServiceClient,
     },
     common::v1::CellRef,
-    reservation::v1::{CreateReservationRequest, ReservationLine, reservation_service_client::ReservationServiceClient},
+    reservation::v1::{
+        CreateReservationRequest, ReservationLine, reservation_service_client::ReservationServiceClient,
+    },
 };
 use serde::Serialize;
 use tokio::sync::{Barrier, Mutex};
@@ -53,14 +55,26 @@ pub struct FlashSaleReport {
 ///
 /// # Errors
 /// The setup failed or the counters could not be read back.
-pub async fn flash_sale(sale: &FlashSale, availability: Channel, reservation: Channel) -> anyhow::Result<FlashSaleReport> {
-    anyhow::ensure!(sale.units >= 0 && sale.buyers > 0 && sale.concurrency > 0 && sale.lines > 0, "units >= 0, buyers, concurrency and lines > 0");
+pub async fn flash_sale(
+    sale: &FlashSale,
+    availability: Channel,
+    reservation: Channel,
+) -> anyhow::Result<FlashSaleReport> {
+    anyhow::ensure!(
+        sale.units >= 0 && sale.buyers > 0 && sale.concurrency > 0 && sale.lines > 0,
+        "units >= 0, buyers, concurrency and lines > 0"
+    );
     let mut availability = AvailabilityServiceClient::new(availability);
     let location = format!("{}-L", sale.run_id);
     let skus: Vec<String> = (0..sale.lines).map(|k| format!("{}-S{k}", sale.run_id)).collect();
     availability
         .upsert_locations(UpsertLocationsRequest {
-            locations: vec![Location { location_id: location.clone(), r#type: LocationType::Dc as i32, position: None, priority: 0 }],
+            locations: vec![Location {
+                location_id: location.clone(),
+                r#type: LocationType::Dc as i32,
+                position: None,
+                priority: 0,
+            }],
         })
         .await
         .context("UpsertLocations")?;
@@ -81,7 +95,8 @@ pub async fn flash_sale(sale: &FlashSale, availability: Channel, reservation: Ch
     }
 
     let next_buyer = Arc::new(AtomicU64::new(0));
-    let (accepted, rejected, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (accepted, rejected, errors) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let barrier = Arc::new(Barrier::new(sale.concurrency + 1));
     let mut workers = Vec::with_capacity(sale.concurrency);
@@ -103,7 +118,11 @@ pub async fn flash_sale(sale: &FlashSale, availability: Channel, reservation: Ch
                     order_id: String::new(),
                     lines: skus
                         .iter()
-                        .map(|sku| ReservationLine { sku: sku.clone(), location_id: location.clone(), quantity_units: 1 })
+                        .map(|sku| ReservationLine {
+                            sku: sku.clone(),
+                            location_id: location.clone(),
+                            quantity_units: 1,
+                        })
                         .collect(),
                     ttl_ms: 600_000,
                     channel_id: String::new(),
@@ -129,7 +148,8 @@ pub async fn flash_sale(sale: &FlashSale, availability: Channel, reservation: Ch
 
     let accepted_buyers = accepted.load(Ordering::SeqCst) as i64;
     let cells = skus.iter().map(|sku| CellRef { sku: sku.clone(), location_id: location.clone() }).collect();
-    let counters = availability.get_cell_atp(GetCellAtpRequest { cells }).await.context("GetCellAtp")?.into_inner().cells;
+    let counters =
+        availability.get_cell_atp(GetCellAtpRequest { cells }).await.context("GetCellAtp")?.into_inner().cells;
     let oversold_units = counters.iter().map(|c| (accepted_buyers.max(c.held_units) - sale.units).max(0)).sum();
     let latency = latency.lock().await;
     Ok(FlashSaleReport {

@@ -147,7 +147,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 lines,
                 run_id: format!("flash{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f")),
             };
-            eprintln!("flash sale: {units} units x {lines} SKU(s), {buyers} buyers, {concurrency} in flight, against {reservation}");
+            eprintln!(
+                "flash sale: {units} units x {lines} SKU(s), {buyers} buyers, {concurrency} in flight, against {reservation}"
+            );
             let report = inventory_mesh::load::flash_sale(
                 &sale,
                 peer_channel(&availability, &settings.peers)?,

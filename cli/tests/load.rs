@@ -13,7 +13,8 @@ async fn run_sales(backend: Backend) {
     };
     for round in 0..3 {
         let sale = FlashSale { units: 50, buyers: 500, concurrency: 32, lines: 1, run_id: format!("fs{round}") };
-        let report = flash_sale(&sale, channel(ServiceKind::Availability), channel(ServiceKind::Reservation)).await.unwrap();
+        let report =
+            flash_sale(&sale, channel(ServiceKind::Availability), channel(ServiceKind::Reservation)).await.unwrap();
         assert_eq!(
             (report.attempts, report.accepted_units, report.rejected, report.errors, report.oversold_units),
             (500, 50, 450, 0, 0),
@@ -22,8 +23,13 @@ async fn run_sales(backend: Backend) {
     }
     // Three SKUs per buyer: a buyer gets all three units or none.
     let sale = FlashSale { units: 20, buyers: 120, concurrency: 16, lines: 3, run_id: "fs-multi".into() };
-    let report = flash_sale(&sale, channel(ServiceKind::Availability), channel(ServiceKind::Reservation)).await.unwrap();
-    assert_eq!((report.accepted_units, report.rejected, report.errors, report.oversold_units), (60, 100, 0, 0), "{report:?}");
+    let report =
+        flash_sale(&sale, channel(ServiceKind::Availability), channel(ServiceKind::Reservation)).await.unwrap();
+    assert_eq!(
+        (report.accepted_units, report.rejected, report.errors, report.oversold_units),
+        (60, 100, 0, 0),
+        "{report:?}"
+    );
     mesh.assert_reconciled().await;
     mesh.stop().await;
 }

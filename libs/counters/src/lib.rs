@@ -40,9 +40,10 @@ pub struct CellCounters {
 }
 
 impl CellCounters {
-    /// Returns ATP = on_hand − held − committed − safety, unclamped.
+    /// Returns ATP = on_hand − held − committed − safety, unclamped (saturating: inputs are bounded
+    /// by validation, and no overflow may ever turn a shortage into plenty).
     pub fn atp(&self) -> i64 {
-        self.on_hand - self.held - self.committed - self.safety
+        self.on_hand.saturating_sub(self.held).saturating_sub(self.committed).saturating_sub(self.safety)
     }
 }
 
@@ -85,6 +86,14 @@ pub enum ConfirmOutcome {
     HoldMissing {
         now_ms: i64,
     },
+}
+
+/// What a release takes back: the live hold, or the unshipped commitment (never both at once, so
+/// a release cannot take a commitment made by a confirm it raced with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleasePart {
+    Hold,
+    Commitment,
 }
 
 /// Units a release returned to ATP.
@@ -230,11 +239,11 @@ impl CounterEngine {
         }
     }
 
-    /// Returns the reservation's live hold and unshipped commitment units on these cells.
-    pub async fn release(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<Released> {
+    /// Returns the reservation's live hold units, or its unshipped commitment units, on these cells.
+    pub async fn release(&self, reservation_id: &str, part: ReleasePart, cells: &[Cell]) -> CounterResult<Released> {
         match self {
-            Self::Memory(m) => Ok(m.release(reservation_id, cells)),
-            Self::Redis(r) => r.release(reservation_id, cells).await,
+            Self::Memory(m) => Ok(m.release(reservation_id, part, cells)),
+            Self::Redis(r) => r.release(reservation_id, part, cells).await,
         }
     }
 

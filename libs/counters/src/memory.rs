@@ -11,8 +11,8 @@ use std::{
 };
 
 use crate::{
-    Cell, CellCounters, CellUnits, ConfirmOutcome, Entry, HoldState, PhysicalChange, PhysicalOutcome, Released,
-    ReserveOutcome, Shortage, SkuSnapshot,
+    Cell, CellCounters, CellUnits, ConfirmOutcome, Entry, HoldState, PhysicalChange, PhysicalOutcome, ReleasePart,
+    Released, ReserveOutcome, Shortage, SkuSnapshot,
 };
 
 /// Milliseconds since the Unix epoch, as the engine sees them.
@@ -252,18 +252,19 @@ impl MemoryEngine {
         })
     }
 
-    pub(crate) fn release(&self, reservation_id: &str, cells: &[Cell]) -> Released {
+    pub(crate) fn release(&self, reservation_id: &str, part: ReleasePart, cells: &[Cell]) -> Released {
         let names: Vec<&str> = cells.iter().map(|c| c.sku.as_str()).collect();
         self.with_skus(&names, |state, _| {
             let mut released = Released::default();
             for cell in cells {
                 let key = (reservation_id.to_owned(), cell.location.clone());
                 let sku = state.entry(cell.sku.clone()).or_default();
-                if let Some((units, _)) = sku.holds.remove(&key) {
-                    sku.cell_mut(&cell.location).counters.held -= units;
-                    released.hold_units += units;
-                }
-                if let Some(units) = sku.commitments.remove(&key) {
+                if part == ReleasePart::Hold {
+                    if let Some((units, _)) = sku.holds.remove(&key) {
+                        sku.cell_mut(&cell.location).counters.held -= units;
+                        released.hold_units += units;
+                    }
+                } else if let Some(units) = sku.commitments.remove(&key) {
                     sku.cell_mut(&cell.location).counters.committed -= units;
                     released.committed_units += units;
                 }

@@ -9,7 +9,7 @@ use redis::{Script, aio::ConnectionManager};
 
 use crate::{
     Cell, CellCounters, CellUnits, ConfirmOutcome, CounterError, CounterResult, Entry, HoldState, PhysicalChange,
-    PhysicalOutcome, Released, ReserveOutcome, Shortage, SkuSnapshot, unique_skus,
+    PhysicalOutcome, ReleasePart, Released, ReserveOutcome, Shortage, SkuSnapshot, unique_skus,
 };
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -95,11 +95,21 @@ impl RedisEngine {
         Ok(invocation.invoke_async(&mut connection).await?)
     }
 
-    /// Runs a per-cell script (confirm, release, hold state): ARGV = id, count, (group, loc)*.
-    async fn run_cells(&self, script: &Script, reservation_id: &str, cells: &[Cell]) -> CounterResult<Vec<String>> {
+    /// Runs a per-cell script (confirm, release, hold state): ARGV = id, [mode], count, (group, loc)*.
+    async fn run_cells(
+        &self,
+        script: &Script,
+        reservation_id: &str,
+        mode: Option<&str>,
+        cells: &[Cell],
+    ) -> CounterResult<Vec<String>> {
         let skus = unique_skus(cells.iter().map(|c| &c.sku));
         let mut invocation = self.invocation(script, &skus);
-        invocation.arg(reservation_id).arg(cells.len());
+        invocation.arg(reservation_id);
+        if let Some(mode) = mode {
+            invocation.arg(mode);
+        }
+        invocation.arg(cells.len());
         for cell in cells {
             invocation.arg(group_of(&skus, &cell.sku)).arg(&cell.location);
         }
@@ -221,7 +231,7 @@ impl RedisEngine {
     }
 
     pub(crate) async fn confirm(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<ConfirmOutcome> {
-        let values = self.run_cells(&CONFIRM, reservation_id, cells).await?;
+        let values = self.run_cells(&CONFIRM, reservation_id, None, cells).await?;
         let now_ms = int(&values, 1)?;
         Ok(match int(&values, 0)? {
             1 => ConfirmOutcome::Confirmed { now_ms },
@@ -230,13 +240,22 @@ impl RedisEngine {
         })
     }
 
-    pub(crate) async fn release(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<Released> {
-        let values = self.run_cells(&RELEASE, reservation_id, cells).await?;
+    pub(crate) async fn release(
+        &self,
+        reservation_id: &str,
+        part: ReleasePart,
+        cells: &[Cell],
+    ) -> CounterResult<Released> {
+        let mode = match part {
+            ReleasePart::Hold => "hold",
+            ReleasePart::Commitment => "commitment",
+        };
+        let values = self.run_cells(&RELEASE, reservation_id, Some(mode), cells).await?;
         Ok(Released { hold_units: int(&values, 0)?, committed_units: int(&values, 1)? })
     }
 
     pub(crate) async fn hold_state(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<HoldState> {
-        let values = self.run_cells(&HOLD_STATE, reservation_id, cells).await?;
+        let values = self.run_cells(&HOLD_STATE, reservation_id, None, cells).await?;
         Ok(HoldState {
             live_cells: int(&values, 0)? as usize,
             committed_cells: int(&values, 1)? as usize,

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{
     Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, ManualClock, MemoryEngine, PhysicalChange,
-    RedisEngine, Released, ReserveOutcome, Shortage,
+    RedisEngine, ReleasePart, Released, ReserveOutcome, Shortage,
 };
 use tokio::sync::Barrier;
 
@@ -169,13 +169,56 @@ async fn release_returns_units_exactly_once() {
         stock(e, "A", 5).await;
         e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
         assert_eq!(
-            e.release("h", &[cell("A")]).await.unwrap(),
+            e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(),
             Released { hold_units: 2, committed_units: 0 },
             "{}",
             s.name
         );
-        assert_eq!(e.release("h", &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
+        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_hold_release_never_takes_a_commitment_and_vice_versa() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
+        assert_eq!(
+            e.release("h", ReleasePart::Commitment, &[cell("A")]).await.unwrap(),
+            Released::default(),
+            "{}",
+            s.name
+        );
+        e.confirm("h", &[cell("A")]).await.unwrap();
+        // A release that saw the record still held, racing the confirm: the commitment stays.
+        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 2, 5), "{}", s.name);
+        assert_eq!(
+            e.release("h", ReleasePart::Commitment, &[cell("A")]).await.unwrap(),
+            Released { hold_units: 0, committed_units: 2 },
+            "{}",
+            s.name
+        );
+        assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn large_values_are_stored_as_exact_integers() {
+    for s in subjects().await {
+        let e = &s.engine;
+        let big = 1_000_000_000_000_000; // 1e15, the largest on_hand the ledger allows
+        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: big, version: 1, fulfil: None }).await.unwrap();
+        e.set_safety(&cell("A"), big - 1).await.unwrap();
+        assert_eq!(
+            counters(e, "A").await,
+            CellCounters { on_hand: big, held: 0, committed: 0, safety: big - 1 },
+            "{}",
+            s.name
+        );
+        assert_eq!(counters(e, "A").await.atp(), 1, "{}", s.name);
     }
 }
 
@@ -198,7 +241,7 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
         assert_eq!((shipped.fulfilled_units, shipped.counters), (7, counts(0, 3, 93)), "{}", s.name);
         assert_eq!(shipped.counters.atp(), 90, "{}", s.name);
         assert_eq!(
-            e.release("o6", &[cell("B")]).await.unwrap(),
+            e.release("o6", ReleasePart::Commitment, &[cell("B")]).await.unwrap(),
             Released { hold_units: 0, committed_units: 3 },
             "{}",
             s.name

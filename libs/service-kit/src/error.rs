@@ -100,3 +100,17 @@ pub fn timestamp_ms(field: &str, timestamp: &prost_types::Timestamp) -> Result<i
     }
     Ok(timestamp.seconds * 1000 + i64::from(timestamp.nanos / 1_000_000))
 }
+
+/// How far in the future a business time may lie (clock skew between systems).
+pub const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
+
+/// Like [`timestamp_ms`], and also refuses times more than a day in the future (a far-future time
+/// would freeze COUNT rules and the velocity clock).
+pub fn past_timestamp_ms(field: &str, timestamp: &prost_types::Timestamp) -> Result<i64, Status> {
+    let ms = timestamp_ms(field, timestamp)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    if ms > now + MAX_FUTURE_MS {
+        return Err(invalid_argument(field, "must not be more than 24 hours in the future"));
+    }
+    Ok(ms)
+}

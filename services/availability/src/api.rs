@@ -17,6 +17,8 @@ use crate::{
 pub const MAX_EVENTS_PER_BATCH: usize = 1000;
 /// Most cells or SKUs one query may name.
 pub const MAX_QUERY_SIZE: usize = 1000;
+/// Largest quantity one event or safety setting may carry.
+pub const MAX_UNITS: i64 = 1_000_000_000_000;
 
 /// The availability service.
 #[derive(Clone)]
@@ -88,12 +90,12 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
         };
         return Err(service_kit::invalid_argument(&field("quantity_units"), rule));
     }
-    if e.quantity_units.abs() > 1_000_000_000_000 {
+    if e.quantity_units.abs() > MAX_UNITS {
         return Err(service_kit::invalid_argument(&field("quantity_units"), "is out of range"));
     }
     let occurred_at =
         e.occurred_at.as_ref().ok_or_else(|| service_kit::invalid_argument(&field("occurred_at"), "is required"))?;
-    let occurred_at_ms = service_kit::error::timestamp_ms(&field("occurred_at"), occurred_at)?;
+    let occurred_at_ms = service_kit::error::past_timestamp_ms(&field("occurred_at"), occurred_at)?;
     let reservation_id = if e.reservation_id.is_empty() {
         None
     } else {
@@ -168,9 +170,18 @@ impl AvailabilityApi {
                 fulfil: fulfil.clone(),
             })
             .await?;
-        let fulfilled_units = if fulfil.is_some() {
+        let mut reason = recorded.reason;
+        let fulfilled_units = if let Some((reservation_id, units)) = &fulfil {
             if outcome.fulfilled_units > 0 {
                 self.store.set_fulfilled(&event.event_id, outcome.fulfilled_units).await?;
+            }
+            if outcome.fulfilled_units < *units {
+                let note = format!(
+                    "reservation {reservation_id} had {} unshipped units at this cell; {} shipped units fulfilled no commitment",
+                    outcome.fulfilled_units,
+                    units - outcome.fulfilled_units
+                );
+                reason = if reason.is_empty() { note } else { format!("{reason}; {note}") };
             }
             outcome.fulfilled_units
         } else if recorded.outcome == Outcome::Duplicate {
@@ -189,7 +200,7 @@ impl AvailabilityApi {
                 Outcome::Stale => pb::EventOutcome::Stale,
                 Outcome::Rejected => pb::EventOutcome::Rejected,
             } as i32,
-            reason: recorded.reason,
+            reason,
             cell: Some(quantities(&event.cell, &outcome.counters)),
             fulfilled_units,
         })
@@ -197,18 +208,26 @@ impl AvailabilityApi {
 
     /// Per-SKU ATP over the given locations: each cell clamped at 0 before the sum.
     async fn sku_atp(&self, skus: &[String], locations: &[String], buffer: i64) -> AvailabilityResult<Vec<pb::SkuAtp>> {
-        let snapshots = self.engine.snapshot(skus).await?;
+        let mut unique: Vec<String> = Vec::with_capacity(skus.len());
+        let mut seen = std::collections::HashSet::with_capacity(skus.len());
+        for sku in skus {
+            if seen.insert(sku.as_str()) {
+                unique.push(sku.clone());
+            }
+        }
+        let locations: std::collections::HashSet<&str> = locations.iter().map(String::as_str).collect();
+        let snapshots = self.engine.snapshot(&unique).await?;
         Ok(snapshots
             .into_iter()
             .map(|snapshot| {
                 let cells: Vec<CellQuantities> = snapshot
                     .cells
                     .iter()
-                    .filter(|(loc, _)| locations.iter().any(|l| l == loc))
+                    .filter(|(loc, _)| locations.contains(loc.as_str()))
                     .map(|(loc, counters)| quantities(&Cell::new(&snapshot.sku, loc), counters))
                     .collect();
-                let total: i64 = cells.iter().map(|c| c.atp_units.max(0)).sum();
-                pb::SkuAtp { sku: snapshot.sku, atp_units: (total - buffer).max(0), cells }
+                let total: i64 = cells.iter().map(|c| c.atp_units.max(0)).fold(0, i64::saturating_add);
+                pb::SkuAtp { sku: snapshot.sku, atp_units: total.saturating_sub(buffer).max(0), cells }
             })
             .collect())
     }
@@ -385,8 +404,11 @@ impl AvailabilityService for AvailabilityApi {
         let mut parsed = Vec::with_capacity(request.cells.len());
         for (i, s) in request.cells.iter().enumerate() {
             let cell = cell_from(&format!("cells[{i}].cell"), s.cell.as_ref())?;
-            if s.safety_units < 0 {
-                return Err(service_kit::invalid_argument(&format!("cells[{i}].safety_units"), "must be >= 0"));
+            if !(0..=MAX_UNITS).contains(&s.safety_units) {
+                return Err(service_kit::invalid_argument(
+                    &format!("cells[{i}].safety_units"),
+                    "must be between 0 and 1000000000000",
+                ));
             }
             parsed.push((cell, s.safety_units));
         }

@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 
 use mesh_counters::Cell;
 
+/// The largest |on_hand| a position may reach (counters stay exact integers in Lua doubles).
+pub const MAX_ON_HAND: i64 = 1_000_000_000_000_000;
+
 /// The kind of an inventory event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -115,7 +118,7 @@ pub fn apply_event(position: Position, event: &InventoryEvent, deltas_after_coun
             if counted_at.is_some_and(|at| at >= event.occurred_at_ms) {
                 return (Outcome::Stale, position);
             }
-            let on_hand = event.quantity + deltas_after_count;
+            let on_hand = event.quantity.saturating_add(deltas_after_count);
             (
                 Outcome::Applied,
                 Position {
@@ -132,7 +135,7 @@ pub fn apply_event(position: Position, event: &InventoryEvent, deltas_after_coun
             }
             (
                 Outcome::Applied,
-                Position { on_hand: position.on_hand + delta, version: position.version + 1, ..position },
+                Position { on_hand: position.on_hand.saturating_add(delta), version: position.version + 1, ..position },
             )
         }
     }

@@ -350,12 +350,16 @@ impl AvailabilityStore {
             None => self.deltas_after(&txn, &event.cell, event.occurred_at_ms).await?,
             Some(_) => 0,
         };
-        let (outcome, after) = domain::apply_event(before, event, deltas_after_count);
-        let reason = match (outcome, event.delta()) {
+        let (mut outcome, mut after) = domain::apply_event(before, event, deltas_after_count);
+        let mut reason = match (outcome, event.delta()) {
             (Outcome::Stale, None) => "a newer COUNT is already applied",
             (Outcome::Stale, Some(_)) => "occurred before the latest COUNT, which already includes it",
             _ => "",
         };
+        if after.on_hand.abs() > domain::MAX_ON_HAND {
+            (outcome, after, reason) =
+                (Outcome::Rejected, before, "on_hand would leave the supported range of ±10^15 units");
+        }
         event::Entity::insert(event::ActiveModel {
             event_id: Set(event.event_id.clone()),
             body_hash: Set(body_hash),

@@ -971,3 +971,35 @@ backend_tests!(
     reconcile_reports_engine_and_store_without_differences_test,
     reconcile_reports_engine_and_store_without_differences
 );
+
+async fn values_beyond_the_supported_range_are_refused(mesh: &TestMesh) {
+    let mut client = mesh.availability.clone();
+    ingest(mesh, vec![event("ov-1", EventType::Adjustment, "OV", "L1", -2, 1_000)]).await.unwrap();
+    let huge = av::SetSafetyStockRequest {
+        cells: vec![av::SafetyStock { cell: Some(cell("OV", "L1")), safety_units: i64::MAX }],
+    };
+    assert_invalid(client.set_safety_stock(huge).await, "cells[0].safety_units");
+    assert_eq!(parts(&mesh.cell("OV", "L1").await), (-2, 0, 0, -2));
+    // Many large receipts cannot push on_hand past ±10^15: the one that would is REJECTED.
+    let mut last = None;
+    for i in 0..1001 {
+        let result =
+            mesh.event(event(&format!("ov-r{i}"), EventType::Receipt, "OV", "L2", 1_000_000_000_000, 1_000)).await;
+        last = Some(result);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.outcome, EventOutcome::Rejected as i32, "{last:?}");
+    assert_eq!(mesh.cell("OV", "L2").await.on_hand_units, 1_000_000_000_000_000);
+    // Duplicated SKUs in one query are answered once.
+    let atp = client
+        .get_location_set_atp(av::GetLocationSetAtpRequest {
+            skus: vec!["OV".into(), "OV".into()],
+            location_ids: vec!["L2".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(atp.skus.len(), 1);
+    assert_eq!(atp.skus[0].atp_units, 1_000_000_000_000_000);
+}
+backend_tests!(values_beyond_the_supported_range_are_refused_test, values_beyond_the_supported_range_are_refused);

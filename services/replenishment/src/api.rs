@@ -161,7 +161,7 @@ impl ReplenishmentService for ReplenishmentApi {
                 .occurred_at
                 .as_ref()
                 .ok_or_else(|| invalid_argument(&format!("demands[{i}].occurred_at"), "is required"))?;
-            let at_ms = service_kit::error::timestamp_ms(&format!("demands[{i}].occurred_at"), at)?;
+            let at_ms = service_kit::error::past_timestamp_ms(&format!("demands[{i}].occurred_at"), at)?;
             parsed.push((d.demand_id.clone(), cell.sku.clone(), cell.location_id.clone(), d.quantity_units, at_ms));
         }
         // A demand id already recorded with another body is refused before anything is recorded.

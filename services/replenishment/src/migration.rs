@@ -20,8 +20,14 @@ impl MigratorTrait for Migrator {
 mod m20261203_000001_create_tables {
     use super::*;
 
-    #[derive(DeriveMigrationName)]
+    /// Named explicitly: the derive would name every migration in this file after the file.
     pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261203_000001_create_tables"
+        }
+    }
 
     #[async_trait::async_trait]
     impl MigrationTrait for Migration {

@@ -254,12 +254,13 @@ async fn run_to_completion<T: Send + 'static>(
     }
 }
 
-fn release_reason(reason: i32) -> &'static str {
+fn release_reason(reason: i32) -> Result<&'static str, GrpcStatus> {
     match pb::ReleaseReason::try_from(reason) {
-        Ok(pb::ReleaseReason::PaymentFailed) => "payment failed",
-        Ok(pb::ReleaseReason::RefundedBeforeShip) => "refunded before ship",
-        Ok(pb::ReleaseReason::Abandoned) => "abandoned",
-        _ => "cancelled",
+        Ok(pb::ReleaseReason::PaymentFailed) => Ok("payment failed"),
+        Ok(pb::ReleaseReason::RefundedBeforeShip) => Ok("refunded before ship"),
+        Ok(pb::ReleaseReason::Abandoned) => Ok("abandoned"),
+        Ok(pb::ReleaseReason::Cancelled | pb::ReleaseReason::Unspecified) => Ok("cancelled"),
+        Err(_) => Err(invalid_argument("reason", "must be a ReleaseReason value")),
     }
 }
 
@@ -283,8 +284,11 @@ impl ReservationService for ReservationApi {
     ) -> Result<Response<pb::ConfirmReservationResponse>, GrpcStatus> {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
-        let occurred_at_ms =
-            request.occurred_at.as_ref().map(|t| service_kit::error::timestamp_ms("occurred_at", t)).transpose()?;
+        let occurred_at_ms = request
+            .occurred_at
+            .as_ref()
+            .map(|t| service_kit::error::past_timestamp_ms("occurred_at", t))
+            .transpose()?;
         let reservations = self.reservations.clone();
         let confirmed =
             run_to_completion(async move { reservations.confirm(&request.reservation_id, occurred_at_ms).await })
@@ -303,7 +307,7 @@ impl ReservationService for ReservationApi {
         let request = request.into_inner();
         validate_id("reservation_id", &request.reservation_id)?;
         let reservations = self.reservations.clone();
-        let reason = release_reason(request.reason);
+        let reason = release_reason(request.reason)?;
         let (reservation, released_units) =
             run_to_completion(async move { reservations.release(&request.reservation_id, reason).await }).await?;
         Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(to_wire(&reservation)), released_units }))

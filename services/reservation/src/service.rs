@@ -3,7 +3,7 @@
 //! status, all before the reply. A confirm or release is recorded durably before it is answered.
 use std::time::Duration;
 
-use mesh_counters::{Cell, ConfirmOutcome, CounterEngine, ReserveOutcome};
+use mesh_counters::{Cell, ConfirmOutcome, CounterEngine, ReleasePart, ReserveOutcome};
 
 use crate::{
     demand::DemandSender,
@@ -120,18 +120,51 @@ impl Reservations {
         let outcome = self.engine.confirm(reservation_id, &reservation.cells()).await?;
         match outcome {
             ConfirmOutcome::Confirmed { .. } => {
-                self.store
+                // The counters hold the commitment now; a release can no longer take it (it only
+                // releases holds of held records), so this transition is ours unless a duplicate
+                // confirm recorded it first.
+                let moved = self
+                    .store
                     .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
                     .await?;
-                if let Some(demand) = &self.demand {
-                    demand.send(&reservation, occurred_at_ms).await;
+                let mut current = self.load(reservation_id).await?;
+                let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
+                let Some(confirmed_at) = confirmed_at else {
+                    tracing::error!(%reservation_id, status = ?current.status, "confirmed in the counters but recorded otherwise");
+                    return Err(ReservationError::InProgress(reservation_id.to_owned()));
+                };
+                if current.status != Status::Confirmed {
+                    // A racing release cancelled it right after: answer with the state the confirm made.
+                    current.status = Status::Confirmed;
+                    current.history.truncate(confirmed_at + 1);
                 }
-                Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: false })
+                if moved {
+                    if let Some(demand) = &self.demand {
+                        demand.send(&reservation, occurred_at_ms).await;
+                    }
+                }
+                Ok(Confirmed { reservation: current, already_confirmed: !moved })
             }
             ConfirmOutcome::AlreadyConfirmed { .. } => {
-                // A concurrent confirm won the counter step; make sure the record says so.
+                // A concurrent confirm won the counter step: let it record the transition (and
+                // the demand); only if it never does (it crashed) record it here.
+                for _ in 0..100 {
+                    let current = self.load(reservation_id).await?;
+                    if current.status != Status::Held {
+                        return Ok(Confirmed { reservation: current, already_confirmed: true });
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 self.store
-                    .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
+                    .transition(
+                        reservation_id,
+                        &[Status::Held],
+                        Status::Confirmed,
+                        "confirmed (recovered)",
+                        None,
+                        0,
+                        None,
+                    )
                     .await?;
                 Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true })
             }
@@ -177,27 +210,82 @@ impl Reservations {
     /// Releasing an ended reservation changes nothing and returns 0 units.
     pub async fn release(&self, reservation_id: &str, reason: &str) -> ReservationResult<(StoredReservation, i64)> {
         let reservation = self.load(reservation_id).await?;
-        let from = match reservation.status {
-            Status::Held => Status::Held,
-            Status::Confirmed => Status::Confirmed,
-            Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
-            _ => return Ok((reservation, 0)),
-        };
-        let released = self.engine.release(reservation_id, &reservation.cells()).await?;
-        let units = released.hold_units + released.committed_units;
-        if from == Status::Confirmed && units == 0 {
+        match reservation.status {
+            Status::Held => self.release_hold(reservation, reason).await,
+            Status::Confirmed => self.cancel_commitment(reservation, reason).await,
+            Status::Pending => Err(ReservationError::InProgress(reservation_id.to_owned())),
+            _ => Ok((reservation, 0)),
+        }
+    }
+
+    /// Releases a held reservation's hold. Only the hold is touched: if a racing confirm turned it
+    /// into a commitment first, the release becomes a cancel of that commitment once it is recorded.
+    async fn release_hold(
+        &self,
+        reservation: StoredReservation,
+        reason: &str,
+    ) -> ReservationResult<(StoredReservation, i64)> {
+        let reservation_id = reservation.reservation_id.clone();
+        let cells = reservation.cells();
+        let released = self.engine.release(&reservation_id, ReleasePart::Hold, &cells).await?;
+        if released.hold_units > 0 {
+            let moved = self
+                .store
+                .transition(&reservation_id, &[Status::Held], Status::Released, reason, None, released.hold_units, None)
+                .await?;
+            debug_assert!(moved, "only the caller that removed the hold records its release");
+            return Ok((self.load(&reservation_id).await?, released.hold_units));
+        }
+        let state = self.engine.hold_state(&reservation_id, &cells).await?;
+        if state.committed_cells > 0 {
+            // A confirm won the race in the counters; wait for its record, then cancel it.
+            for _ in 0..100 {
+                let current = self.load(&reservation_id).await?;
+                match current.status {
+                    Status::Confirmed => return self.cancel_commitment(current, reason).await,
+                    Status::Held => tokio::time::sleep(Duration::from_millis(10)).await,
+                    _ => return Ok((current, 0)),
+                }
+            }
+            return Err(ReservationError::InProgress(reservation_id));
+        }
+        // Nothing live and nothing committed: the hold expired (or was released concurrently).
+        self.store
+            .transition(&reservation_id, &[Status::Held], Status::Expired, "expired before release", None, 0, None)
+            .await?;
+        Ok((self.load(&reservation_id).await?, 0))
+    }
+
+    /// Cancels a confirmed reservation: only its unshipped units return.
+    async fn cancel_commitment(
+        &self,
+        reservation: StoredReservation,
+        reason: &str,
+    ) -> ReservationResult<(StoredReservation, i64)> {
+        let reservation_id = reservation.reservation_id.clone();
+        let released = self.engine.release(&reservation_id, ReleasePart::Commitment, &reservation.cells()).await?;
+        if released.committed_units == 0 {
+            let current = self.load(&reservation_id).await?;
+            if current.status != Status::Confirmed {
+                return Ok((current, 0)); // cancelled concurrently: a second cancel does nothing
+            }
             return Err(ReservationError::refused(
                 "FULLY_SHIPPED",
                 format!("reservation {reservation_id} has no unshipped units to release"),
             ));
         }
-        let to = if from == Status::Held && units == 0 { Status::Expired } else { Status::Released };
-        let moved = self.store.transition(reservation_id, &[from], to, reason, None, units, None).await?;
-        if !moved {
-            // A concurrent call ended it first; report what is recorded.
-            return Ok((self.load(reservation_id).await?, 0));
-        }
-        Ok((self.load(reservation_id).await?, units))
+        self.store
+            .transition(
+                &reservation_id,
+                &[Status::Confirmed],
+                Status::Released,
+                reason,
+                None,
+                released.committed_units,
+                None,
+            )
+            .await?;
+        Ok((self.load(&reservation_id).await?, released.committed_units))
     }
 
     /// Records holds whose deadline passed as EXPIRED and settles stale claims. Returns how many
@@ -248,7 +336,7 @@ impl Reservations {
                     )
                     .await?;
             } else {
-                self.engine.release(&reservation_id, &reservation.cells()).await?;
+                self.engine.release(&reservation_id, ReleasePart::Hold, &reservation.cells()).await?;
                 self.store.drop_claim(&reservation_id).await?;
             }
             settled += 1;

@@ -430,3 +430,64 @@ backend_tests!(confirm_racing_expiry_never_both_commits_and_releases_b17, |mesh:
     // Let the sweeper settle every expired record before the reconcile check.
     tokio::time::sleep(Duration::from_millis(600)).await;
 });
+
+backend_tests!(confirm_racing_release_ends_the_hold_exactly_once, |mesh: &TestMesh| async move {
+    for round in 0..60 {
+        let (sku, id) = (format!("R{round}"), format!("race{round}"));
+        mesh.receive(&sku, "L1", 5).await;
+        mesh.reserve(&id, &[(&sku, "L1", 2)], TTL).await.unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let (mut a, mut b) = (mesh.reservation.clone(), mesh.reservation.clone());
+        let (b1, b2, id1, id2) = (barrier.clone(), barrier.clone(), id.clone(), id.clone());
+        let confirm = tokio::spawn(async move {
+            b1.wait().await;
+            a.confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id1, occurred_at: None })
+                .await
+                .map(|r| r.into_inner())
+        });
+        let release = tokio::spawn(async move {
+            b2.wait().await;
+            b.release_reservation(rv::ReleaseReservationRequest { reservation_id: id2, reason: 0 })
+                .await
+                .map(|r| r.into_inner())
+        });
+        let (confirmed, released) = (confirm.await.unwrap(), release.await.unwrap().unwrap());
+        if let Ok(reply) = &confirmed {
+            assert_eq!(
+                reply.reservation.as_ref().unwrap().status,
+                rv::ReservationStatus::Confirmed as i32,
+                "round {round}"
+            );
+        } else {
+            assert_eq!(reason(confirmed.as_ref().unwrap_err()), "ALREADY_RELEASED", "round {round}");
+        }
+        // The release always wins in the end: either it released the hold, or it cancelled the
+        // commitment the confirm made. Nothing stays committed or held, and it is recorded so.
+        assert_eq!(released.released_units, 2, "round {round}");
+        assert_eq!(released.reservation.unwrap().status, rv::ReservationStatus::Released as i32, "round {round}");
+        assert_eq!(parts(&mesh.cell(&sku, "L1").await), (5, 0, 0, 5), "round {round}");
+    }
+});
+
+backend_tests!(far_future_times_and_unknown_reasons_are_invalid_arguments, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 5).await;
+    mesh.reserve("f", &[("A", "L1", 1)], TTL).await.unwrap();
+    let far = prost_types::Timestamp { seconds: 253_402_300_799, nanos: 0 };
+    let error = mesh
+        .reservation
+        .clone()
+        .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: "f".into(), occurred_at: Some(far) })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().starts_with("occurred_at"), "{}", error.message());
+    let error = mesh
+        .reservation
+        .clone()
+        .release_reservation(rv::ReleaseReservationRequest { reservation_id: "f".into(), reason: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().starts_with("reason"), "{}", error.message());
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 1, 0, 4));
+});

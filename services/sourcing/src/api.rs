@@ -12,7 +12,8 @@ use mesh_proto::{
         GetChannelAtpRequest, ListLocationsRequest, availability_service_client::AvailabilityServiceClient,
     },
     reservation::v1::{
-        CreateReservationRequest, ReservationLine, reservation_service_client::ReservationServiceClient,
+        CreateReservationRequest, GetReservationRequest, ReservationLine, ReservationStatus,
+        reservation_service_client::ReservationServiceClient,
     },
     sourcing::v1::{self as pb, sourcing_service_server::SourcingService},
 };
@@ -25,7 +26,7 @@ use tracing::Instrument;
 use crate::{
     domain::{self, Candidate, PlanError},
     error::{SourcingError, SourcingResult},
-    store::SourcingStore,
+    store::{Claim, SourcingStore},
 };
 
 /// Most lines one order may have.
@@ -58,6 +59,8 @@ pub struct SourcingApi {
 }
 
 struct ValidOrder {
+    /// Digest of everything that defines the order (not dry_run): a retry must match it.
+    request_hash: String,
     order_id: String,
     demand: Vec<(String, i64)>,
     ship_to: Option<(f64, f64)>,
@@ -93,7 +96,24 @@ fn validate(request: &pb::SourceOrderRequest) -> Result<ValidOrder, Status> {
         Some(_) => return Err(invalid_argument("ship_to", "lat must be in [-90, 90] and lon in [-180, 180]")),
         None => None,
     };
-    Ok(ValidOrder { order_id: request.order_id.clone(), demand, ship_to, channel_id: request.channel_id.clone() })
+    let body = format!(
+        "{}|{:?}|{:?}|{}|{}|{}|{}",
+        request.channel_id,
+        demand,
+        ship_to,
+        request.allow_split,
+        request.allow_backorder,
+        request.hold_ttl_ms,
+        request.order_id
+    );
+    let request_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    Ok(ValidOrder {
+        request_hash,
+        order_id: request.order_id.clone(),
+        demand,
+        ship_to,
+        channel_id: request.channel_id.clone(),
+    })
 }
 
 impl SourcingApi {
@@ -215,10 +235,25 @@ impl SourcingApi {
             description: s.message().to_owned(),
         })?;
         if !request.dry_run {
-            if let Some(encoded) = self.store.get(&order.order_id).await? {
-                if let Ok(previous) = pb::SourceOrderResponse::decode(encoded.as_slice()) {
-                    return Ok(previous);
+            match self.store.claim(&order.order_id, &order.request_hash).await? {
+                Claim::Decided(encoded) => {
+                    return pb::SourceOrderResponse::decode(encoded.as_slice()).map_err(|_| {
+                        SourcingError::AlreadyExists(format!("order {} has an unreadable decision", order.order_id))
+                    });
                 }
+                Claim::Conflict => {
+                    return Err(SourcingError::AlreadyExists(format!(
+                        "order {} was sourced with a different request",
+                        order.order_id
+                    )));
+                }
+                // An earlier attempt of this same request may have reserved before its caller gave up.
+                Claim::Pending => {
+                    if let Some(adopted) = self.adopt(context, &order).await? {
+                        return Ok(adopted);
+                    }
+                }
+                Claim::New => {}
             }
         }
         let max_nodes = if request.allow_split { self.max_split_nodes } else { 1 };
@@ -287,6 +322,13 @@ impl SourcingApi {
                     context.request(create, self.call_timeout).map_err(|s| SourcingError::peer("reservation", &s))?;
                 match self.reservation.clone().create_reservation(call).await {
                     Ok(_) => response.reservation_id = reservation_id,
+                    // A concurrent attempt of this order reserved under this id with another plan.
+                    Err(status) if status.code() == Code::AlreadyExists => {
+                        if let Some(adopted) = self.adopt(context, &order).await? {
+                            return Ok(adopted);
+                        }
+                        return Err(SourcingError::peer("reservation", &status));
+                    }
                     Err(status) if status.code() == Code::FailedPrecondition && attempt < self.max_attempts => {
                         tracing::info!(order_id = %order.order_id, attempt, "stock taken by a competing order; re-planning");
                         continue;
@@ -309,6 +351,81 @@ impl SourcingApi {
             message: "no plan could be reserved".into(),
             metadata: HashMap::new(),
         })
+    }
+}
+
+impl SourcingApi {
+    /// Finds a live reservation an earlier attempt of this order made (under the order id or a
+    /// re-plan id), records it as the order's decision and returns it.
+    async fn adopt(
+        &self,
+        context: &CallContext,
+        order: &ValidOrder,
+    ) -> SourcingResult<Option<pb::SourceOrderResponse>> {
+        for attempt in 1..=self.max_attempts {
+            let reservation_id =
+                if attempt == 1 { order.order_id.clone() } else { format!("{}:retry{attempt}", order.order_id) };
+            let request = context
+                .request(GetReservationRequest { reservation_id: reservation_id.clone() }, self.call_timeout)
+                .map_err(|s| SourcingError::peer("reservation", &s))?;
+            let reservation = match self.reservation.clone().get_reservation(request).await {
+                Ok(response) => response.into_inner().reservation,
+                Err(status) if status.code() == Code::NotFound => continue,
+                Err(status) => return Err(SourcingError::peer("reservation", &status)),
+            };
+            let Some(reservation) = reservation else { continue };
+            let live = [ReservationStatus::Held as i32, ReservationStatus::Confirmed as i32];
+            if !live.contains(&reservation.status) {
+                continue;
+            }
+            let locations: Vec<String> = reservation.lines.iter().map(|l| l.location_id.clone()).collect();
+            let directory = self.locations(context, &locations).await?;
+            let mut shipments: Vec<pb::Shipment> = Vec::new();
+            let mut reserved: BTreeMap<String, i64> = BTreeMap::new();
+            for line in &reservation.lines {
+                *reserved.entry(line.sku.clone()).or_default() += line.quantity_units;
+                let position = shipments.iter().position(|s| s.location_id == line.location_id);
+                let index = position.unwrap_or_else(|| {
+                    let at = directory.get(&line.location_id).and_then(|i| i.position);
+                    shipments.push(pb::Shipment {
+                        location_id: line.location_id.clone(),
+                        lines: Vec::new(),
+                        distance_km: order.ship_to.zip(at).map_or(0.0, |(a, b)| domain::distance_km(a, b)),
+                    });
+                    shipments.len() - 1
+                });
+                shipments[index]
+                    .lines
+                    .push(pb::ShipmentLine { sku: line.sku.clone(), quantity_units: line.quantity_units });
+            }
+            let backordered = order
+                .demand
+                .iter()
+                .filter_map(|(sku, units)| {
+                    let short = units - reserved.get(sku).copied().unwrap_or(0);
+                    (short > 0).then(|| pb::BackorderedLine { sku: sku.clone(), quantity_units: short })
+                })
+                .collect();
+            let response = pb::SourceOrderResponse {
+                order_id: order.order_id.clone(),
+                explanations: shipments
+                    .iter()
+                    .map(|s| pb::Explanation {
+                        location_id: s.location_id.clone(),
+                        verdict: "chosen".into(),
+                        reason: format!("reserved as {reservation_id} by an earlier attempt of this order"),
+                    })
+                    .collect(),
+                shipments,
+                backordered,
+                reservation_id,
+                attempts: attempt,
+                dry_run: false,
+            };
+            self.store.record(&order.order_id, &response.reservation_id, &response.encode_to_vec()).await?;
+            return Ok(Some(response));
+        }
+        Ok(None)
     }
 }
 

@@ -11,6 +11,8 @@ pub enum SourcingError {
     InvalidArgument { field: String, description: String },
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("{reason}: {message}")]
     Refused { reason: &'static str, message: String, metadata: HashMap<String, String> },
     #[error("peer {peer} failed: {message}")]
@@ -34,6 +36,7 @@ impl ServiceError for SourcingError {
         match self {
             Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Self::NotFound(_) => ErrorKind::NotFound,
+            Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Self::Refused { .. } => ErrorKind::FailedPrecondition,
             Self::Peer { kind, .. } => *kind,
             Self::Database(error) => service_kit::error::db_error_kind(error),

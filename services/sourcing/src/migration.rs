@@ -4,12 +4,20 @@ use sea_orm_migration::{MigratorTrait, prelude::*};
 
 use crate::store::entities::decision;
 
+/// The decisions table as created by migration 1 (entities change later; migrations never do).
+#[derive(DeriveIden)]
+enum Decisions {
+    #[sea_orm(iden = "sourcing_decisions")]
+    Table,
+    RequestHash,
+}
+
 /// Runs the sourcing migrations in order.
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261203_000001_create_tables::Migration)]
+        vec![Box::new(m20261203_000001_create_tables::Migration), Box::new(m20261203_000002_request_hash::Migration)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -20,8 +28,14 @@ impl MigratorTrait for Migrator {
 mod m20261203_000001_create_tables {
     use super::*;
 
-    #[derive(DeriveMigrationName)]
+    /// Named explicitly: the derive would name every migration in this file after the file.
     pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261203_000001_create_tables"
+        }
+    }
 
     #[async_trait::async_trait]
     impl MigrationTrait for Migration {
@@ -32,6 +46,43 @@ mod m20261203_000001_create_tables {
 
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager.drop_table(Table::drop().table(decision::Entity).if_exists().to_owned()).await
+        }
+    }
+}
+
+mod m20261203_000002_request_hash {
+    use super::*;
+
+    /// Named explicitly: the derive would name every migration in this file after the file.
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261203_000002_request_hash"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            // Migration 1 builds the table from the entity, which has the column on a fresh database.
+            if manager.has_column("sourcing_decisions", "request_hash").await? {
+                return Ok(());
+            }
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Decisions::Table)
+                        .add_column(ColumnDef::new(Decisions::RequestHash).string().not_null().default(""))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(Table::alter().table(Decisions::Table).drop_column(Decisions::RequestHash).to_owned())
+                .await
         }
     }
 }

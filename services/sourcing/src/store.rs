@@ -1,6 +1,6 @@
 //! The sourcing service's durable store: the decision made for each order (what was planned,
 //! reserved and why), so a retried order gets the same answer and operators can look it up.
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, sea_query::OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, sea_query::Expr};
 
 use crate::error::SourcingResult;
 
@@ -18,6 +18,8 @@ pub mod entities {
             pub decision: String,
             pub reservation_id: String,
             pub created_at_ms: i64,
+            /// Digest of the request (empty on rows from before migration 2).
+            pub request_hash: String,
         }
 
         #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -28,6 +30,19 @@ pub mod entities {
 }
 
 use entities::decision;
+
+/// Who owns an order id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This request is the first for the order.
+    New,
+    /// The same request was answered before: the recorded decision (encoded).
+    Decided(Vec<u8>),
+    /// The same request was started before and not answered (gave up, crashed or still running).
+    Pending,
+    /// The order id was used with a different request.
+    Conflict,
+}
 
 /// The sourcing tables.
 #[derive(Clone)]
@@ -41,17 +56,42 @@ impl SourcingStore {
         Self { db }
     }
 
-    /// Records an order's decision (the first one recorded wins).
-    pub async fn record(&self, order_id: &str, reservation_id: &str, encoded: &[u8]) -> SourcingResult<()> {
-        decision::Entity::insert(decision::ActiveModel {
+    /// Claims an order id for a request digest (the first request owns the order id).
+    pub async fn claim(&self, order_id: &str, request_hash: &str) -> SourcingResult<Claim> {
+        let inserted = decision::Entity::insert(decision::ActiveModel {
             order_id: Set(order_id.to_owned()),
-            decision: Set(hex::encode(encoded)),
-            reservation_id: Set(reservation_id.to_owned()),
+            decision: Set(String::new()),
+            reservation_id: Set(String::new()),
             created_at_ms: Set(chrono::Utc::now().timestamp_millis()),
+            request_hash: Set(request_hash.to_owned()),
         })
-        .on_conflict(OnConflict::column(decision::Column::OrderId).do_nothing().to_owned())
         .exec_without_returning(&self.db)
-        .await?;
+        .await;
+        if inserted.is_ok() {
+            return Ok(Claim::New);
+        }
+        let Some(existing) = decision::Entity::find_by_id(order_id.to_owned()).one(&self.db).await? else {
+            // The insert failed for another reason than the key: surface it.
+            inserted?;
+            return Ok(Claim::New);
+        };
+        if existing.request_hash != request_hash {
+            return Ok(Claim::Conflict);
+        }
+        Ok(match hex::decode(&existing.decision) {
+            Ok(bytes) if !bytes.is_empty() => Claim::Decided(bytes),
+            _ => Claim::Pending,
+        })
+    }
+
+    /// Records an order's decision.
+    pub async fn record(&self, order_id: &str, reservation_id: &str, encoded: &[u8]) -> SourcingResult<()> {
+        decision::Entity::update_many()
+            .col_expr(decision::Column::Decision, Expr::value(hex::encode(encoded)))
+            .col_expr(decision::Column::ReservationId, Expr::value(reservation_id))
+            .filter(decision::Column::OrderId.eq(order_id))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -60,6 +100,7 @@ impl SourcingStore {
         Ok(decision::Entity::find_by_id(order_id.to_owned())
             .one(&self.db)
             .await?
-            .and_then(|m| hex::decode(m.decision).ok()))
+            .and_then(|m| hex::decode(m.decision).ok())
+            .filter(|bytes| !bytes.is_empty()))
     }
 }

@@ -239,3 +239,57 @@ async fn trace_context_and_shrinking_deadlines_pass_along_every_hop_b24() {
     mesh.assert_reconciled().await;
     mesh.stop().await;
 }
+
+backend_tests!(a_reservation_left_by_an_earlier_attempt_is_adopted_not_duplicated, |mesh: &TestMesh| async move {
+    network(mesh).await;
+    mesh.receive("A", "SP", 2).await;
+    mesh.receive("A", "POA", 2).await;
+    // An earlier attempt reserved at POA under the order id, then its caller gave up.
+    mesh.reserve("o-adopt", &[("A", "POA", 2)], 600_000).await.unwrap();
+    let plan = source(mesh, order("o-adopt", "web", &[("A", 2)], true, false)).await.unwrap();
+    assert_eq!(shipped(&plan), vec![("POA".into(), "A".into(), 2)]);
+    assert_eq!(plan.reservation_id, "o-adopt");
+    assert_eq!(parts(&mesh.cell("A", "SP").await), (2, 0, 0, 2), "no second hold");
+    assert_eq!(parts(&mesh.cell("A", "POA").await), (2, 2, 0, 0));
+    // The adopted decision is recorded and replayed.
+    assert_eq!(source(mesh, order("o-adopt", "web", &[("A", 2)], true, false)).await.unwrap(), plan);
+});
+
+backend_tests!(an_order_id_reused_with_another_request_is_already_exists, |mesh: &TestMesh| async move {
+    network(mesh).await;
+    mesh.receive("A", "SP", 5).await;
+    mesh.receive("D", "SP", 5).await;
+    let first = source(mesh, order("O0", "web", &[("A", 4)], true, false)).await.unwrap();
+    let changed = source(mesh, order("O0", "web", &[("D", 1)], true, false)).await.unwrap_err();
+    assert_eq!(changed.code(), Code::AlreadyExists);
+    assert_eq!(source(mesh, order("O0", "web", &[("A", 4)], true, false)).await.unwrap(), first);
+    assert_eq!(parts(&mesh.cell("D", "SP").await), (5, 0, 0, 5));
+    // Concurrent attempts of one order: one plan, one hold; different bodies get ALREADY_EXISTS.
+    for round in 0..10 {
+        let id = format!("C{round}");
+        let barrier = Arc::new(Barrier::new(8));
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let units = if i % 2 == 0 { 1 } else { 2 };
+                let (mut client, barrier, request) =
+                    (mesh.sourcing.clone(), barrier.clone(), order(&id, "web", &[("D", units)], true, false));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (units, client.source_order(request).await.map(tonic::Response::into_inner))
+                })
+            })
+            .collect();
+        let mut winners = std::collections::BTreeSet::new();
+        for call in calls {
+            let (units, result) = call.await.unwrap();
+            match result {
+                Ok(plan) => {
+                    winners.insert(units);
+                    assert_eq!(plan.reservation_id, id);
+                }
+                Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "round {round}: {status:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: one body wins");
+    }
+});

@@ -4,7 +4,8 @@
 -- KEYS: 4 (one SKU group).  ARGV: [1] location, [2] on_hand, [3] version, [4] reservation id or '',
 -- [5] units to fulfil.
 -- Returns {on_hand, held, committed, safety, fulfilled_units}.
-local loc, on_hand, version = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- on_hand is written as the caller's decimal string: a Lua number would be stored as "1e+15".
+local loc, on_hand, version = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local reservation_id, fulfil_units = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
 purge_all_groups(now)
@@ -12,7 +13,7 @@ purge_all_groups(now)
 local cells = key_of(1, 1)
 local current_version = tonumber(redis.call('HGET', cells, 'v:' .. loc) or '-1')
 if version > current_version then
-  redis.call('HSET', cells, 'oh:' .. loc, on_hand, 'v:' .. loc, version)
+  redis.call('HSET', cells, 'oh:' .. loc, on_hand, 'v:' .. loc, ARGV[3])
 end
 
 local fulfilled = 0
