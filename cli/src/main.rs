@@ -270,10 +270,10 @@ async fn run_replay(
     let targets = if running_mesh {
         eprintln!("replay: using the running mesh at {} (availability)", settings.peers.availability);
         replay::Targets {
-            availability: peer_channel(&peers.availability, peers)?,
-            reservation: peer_channel(&peers.reservation, peers)?,
-            sourcing: peer_channel(&format!("http://{}", settings.sourcing.listen_addr), peers)?,
-            replenishment: peer_channel(&peers.replenishment, peers)?,
+            availability: replay_channel(&peers.availability)?,
+            reservation: replay_channel(&peers.reservation)?,
+            sourcing: replay_channel(&format!("http://{}", settings.sourcing.listen_addr))?,
+            replenishment: replay_channel(&peers.replenishment)?,
         }
     } else {
         let mut settings = settings.clone();
@@ -292,7 +292,7 @@ async fn run_replay(
             listeners.push((kind, tokio::net::TcpListener::bind("127.0.0.1:0").await?));
         }
         let running = mesh::start(settings.clone(), listeners, db, None, None).await?;
-        let channel = |kind: ServiceKind| peer_channel(&format!("http://{}", running.addrs[&kind]), &settings.peers);
+        let channel = |kind: ServiceKind| replay_channel(&format!("http://{}", running.addrs[&kind]));
         let targets = replay::Targets {
             availability: channel(ServiceKind::Availability)?,
             reservation: channel(ServiceKind::Reservation)?,
@@ -322,6 +322,16 @@ async fn run_replay(
         running.stop().await;
     }
     Ok(if report.invariants_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A channel for the replay: its end-of-run calls (replenishment over every cell, reconcile) may
+/// take much longer than a service's peer-call timeout.
+fn replay_channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(address.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(600))
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 async fn mesh_answers(address: &str) -> bool {

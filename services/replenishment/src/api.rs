@@ -103,6 +103,8 @@ impl ReplenishmentApi {
         let quantities = self.read_cells(context, cells).await?;
         let _serialised = self.evaluation.lock().await;
         let now = now_ms();
+        // Many cells: read every open alert in one query instead of one query per cell.
+        let mut open_by_cell = if cells.len() > 20 { Some(self.store.open_alerts_by_cell().await?) } else { None };
         let mut raised = Vec::new();
         for q in &quantities {
             let Some(cell) = &q.cell else { continue };
@@ -113,7 +115,10 @@ impl ReplenishmentApi {
                 q.safety_units,
                 self.settings.low_stock_units,
             );
-            let open = self.store.open_alerts(&cell.sku, &cell.location_id).await?;
+            let open = match open_by_cell.as_mut() {
+                Some(all) => all.remove(&(cell.sku.clone(), cell.location_id.clone())).unwrap_or_default(),
+                None => self.store.open_alerts(&cell.sku, &cell.location_id).await?,
+            };
             for alert in open.iter().filter(|a| Some(a.kind) != level) {
                 self.store.close(alert.id, now).await?;
             }

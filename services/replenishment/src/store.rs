@@ -185,6 +185,15 @@ impl ReplenishmentStore {
         Ok(query.all(&self.db).await?.into_iter().filter_map(to_record).collect())
     }
 
+    /// Every open alert, grouped by cell.
+    pub async fn open_alerts_by_cell(&self) -> ReplenishmentResult<std::collections::HashMap<(String, String), Vec<AlertRecord>>> {
+        let mut by_cell: std::collections::HashMap<(String, String), Vec<AlertRecord>> = std::collections::HashMap::new();
+        for alert in self.alerts(false).await? {
+            by_cell.entry((alert.sku.clone(), alert.location_id.clone())).or_default().push(alert);
+        }
+        Ok(by_cell)
+    }
+
     /// Open alerts of one cell.
     pub async fn open_alerts(&self, sku: &str, location_id: &str) -> ReplenishmentResult<Vec<AlertRecord>> {
         Ok(alert::Entity::find()
