@@ -17,8 +17,13 @@ if [[ ! -x "$grpcurl" ]]; then
   exit 1
 fi
 
-echo "grpcurl-smoke: cargo build -p inventory-mesh"
-(cd "$repo_root" && cargo build -p inventory-mesh)
+# `make test` runs nextest first, which builds target/debug/inventory-mesh for the cli crate's
+# integration tests; building it again with `cargo build -p` would re-resolve features and rebuild
+# many dependencies. Build only when the binary is missing or older than the sources.
+if [[ ! -x "$binary" ]] || [[ -n "$(find "$repo_root/cli" "$repo_root/services" "$repo_root/libs" "$repo_root/proto" -newer "$binary" -type f -print -quit)" ]]; then
+  echo "grpcurl-smoke: cargo build -p inventory-mesh"
+  (cd "$repo_root" && cargo build -p inventory-mesh)
+fi
 if [[ ! -x "$binary" ]]; then
   echo "grpcurl-smoke: FAIL: $binary was not built" >&2
   exit 1
