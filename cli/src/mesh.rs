@@ -209,7 +209,13 @@ pub async fn start(
     let tracker = TaskTracker::new();
     for (kind, listener) in listeners {
         let routes: ServiceRoutes = match kind {
-            ServiceKind::Availability => availability::routes(db.clone(), engine.clone().context("engine")?),
+            ServiceKind::Availability => availability::routes(
+                &settings,
+                db.clone(),
+                engine.clone().context("engine")?,
+                &tracker,
+                shutdown.clone(),
+            )?,
             ServiceKind::Reservation => reservation::routes(
                 &settings,
                 db.clone(),
@@ -218,7 +224,7 @@ pub async fn start(
                 shutdown.clone(),
             )?,
             ServiceKind::Sourcing => sourcing::routes(&settings, db.clone())?,
-            ServiceKind::Replenishment => replenishment::routes(&settings, db.clone())?,
+            ServiceKind::Replenishment => replenishment::routes(&settings, db.clone(), &tracker, shutdown.clone())?,
         };
         let (grpc, shutdown_settings, token, recorder) =
             (settings.grpc.clone(), settings.shutdown.clone(), shutdown.clone(), recorder.clone());

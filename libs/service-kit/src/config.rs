@@ -80,6 +80,9 @@ pub struct ReplenishmentSettings {
     pub order_cover_days: f64,
     /// ATP at or below this many units (plus the cell's safety) is LOW_STOCK.
     pub low_stock_units: i64,
+    /// How often every cell with demand or an open alert is re-evaluated (crossings back up, expiries).
+    #[serde(with = "humantime_serde")]
+    pub evaluation_interval: Duration,
 }
 
 /// Addresses of the peers a service calls.
@@ -203,6 +206,9 @@ impl Settings {
         }
         if self.sourcing.max_split_nodes == 0 || self.sourcing.max_attempts == 0 {
             return invalid("sourcing.max_split_nodes and sourcing.max_attempts must be >= 1");
+        }
+        if self.replenishment.evaluation_interval.is_zero() {
+            return invalid("replenishment.evaluation_interval must be > 0");
         }
         if self.replenishment.velocity_window_days == 0 {
             return invalid("replenishment.velocity_window_days must be >= 1");

@@ -111,6 +111,7 @@ impl TestMesh {
         settings.shutdown.drain_delay = Duration::ZERO;
         settings.shutdown.grace = Duration::from_secs(5);
         settings.reservation.sweep_interval = Duration::from_millis(200);
+        settings.replenishment.evaluation_interval = Duration::from_millis(300);
         let engine = match backend {
             Backend::Embedded => {
                 settings.database.url = format!("sqlite://{}/mesh.sqlite?mode=rwc", dir.path().display());

@@ -25,6 +25,7 @@ pub const MAX_UNITS: i64 = 1_000_000_000_000;
 pub struct AvailabilityApi {
     store: AvailabilityStore,
     engine: CounterEngine,
+    alerts: Option<crate::alert_feed::AlertFeed>,
 }
 
 /// Encodes a cell's counters for the wire.
@@ -126,8 +127,17 @@ fn event_from(index: usize, e: &pb::InventoryEvent) -> Result<InventoryEvent, St
 
 impl AvailabilityApi {
     /// Builds the service over its store and the counter engine.
-    pub fn new(store: AvailabilityStore, engine: CounterEngine) -> Self {
-        Self { store, engine }
+    pub fn new(store: AvailabilityStore, engine: CounterEngine, alerts: Option<crate::alert_feed::AlertFeed>) -> Self {
+        Self { store, engine, alerts }
+    }
+
+    /// Sends a cell at or below zero ATP to alert evaluation.
+    fn watch(&self, cell: &Cell, counters: &CellCounters) {
+        if counters.atp() <= 0 {
+            if let Some(alerts) = &self.alerts {
+                alerts.send(cell);
+            }
+        }
     }
 
     /// Records one event durably, then brings the live counters to the recorded position.
@@ -189,6 +199,7 @@ impl AvailabilityApi {
         } else {
             0
         };
+        self.watch(&event.cell, &outcome.counters);
         if outcome.counters.atp() < 0 {
             tracing::warn!(sku = %event.cell.sku, location = %event.cell.location, atp = outcome.counters.atp(), "cell overcommitted by a physical correction");
         }
@@ -416,6 +427,7 @@ impl AvailabilityService for AvailabilityApi {
         for (cell, safety) in parsed {
             self.store.set_safety(&cell, safety).await?;
             let counters = self.engine.set_safety(&cell, safety).await.map_err(AvailabilityError::from)?;
+            self.watch(&cell, &counters);
             cells.push(quantities(&cell, &counters));
         }
         Ok(Response::new(pb::SetSafetyStockResponse { cells }))

@@ -133,6 +133,15 @@ impl ReplenishmentApi {
         Ok((raised, quantities))
     }
 
+    /// Re-evaluates every cell with demand or an open alert (the periodic loop and RunReplenishment).
+    pub async fn evaluate_known_cells(
+        &self,
+        context: &CallContext,
+    ) -> ReplenishmentResult<(Vec<AlertRecord>, Vec<CellQuantities>)> {
+        let cells = self.store.known_cells().await?;
+        self.evaluate(context, &cells).await
+    }
+
     /// Velocity of every cell with demand in the window ending at the demand clock.
     async fn velocities(&self, cell: Option<(&str, &str)>) -> ReplenishmentResult<(i64, Vec<(String, String, i64)>)> {
         let as_of = self.store.latest_demand_ms().await?.unwrap_or_else(now_ms);
@@ -199,6 +208,28 @@ impl ReplenishmentService for ReplenishmentApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(count = request.get_ref().cells.len()))]
+    async fn evaluate_cells(
+        &self,
+        request: Request<pb::EvaluateCellsRequest>,
+    ) -> Result<Response<pb::EvaluateCellsResponse>, Status> {
+        let context = CallContext::from_request(&request);
+        let request = request.into_inner();
+        if request.cells.is_empty() || request.cells.len() > 1000 {
+            return Err(invalid_argument("cells", "must hold between 1 and 1000 entries"));
+        }
+        let mut cells = Vec::with_capacity(request.cells.len());
+        for (i, cell) in request.cells.iter().enumerate() {
+            validate_id(&format!("cells[{i}].sku"), &cell.sku)?;
+            validate_id(&format!("cells[{i}].location_id"), &cell.location_id)?;
+            cells.push((cell.sku.clone(), cell.location_id.clone()));
+        }
+        cells.sort();
+        cells.dedup();
+        let (raised, _) = self.evaluate(&context, &cells).await?;
+        Ok(Response::new(pb::EvaluateCellsResponse { alerts_raised: raised.iter().map(to_wire).collect() }))
+    }
+
     async fn get_velocity(
         &self,
         request: Request<pb::GetVelocityRequest>,
@@ -232,8 +263,7 @@ impl ReplenishmentService for ReplenishmentApi {
         request: Request<pb::RunReplenishmentRequest>,
     ) -> Result<Response<pb::RunReplenishmentResponse>, Status> {
         let context = CallContext::from_request(&request);
-        let cells = self.store.known_cells().await?;
-        let (raised, quantities) = self.evaluate(&context, &cells).await?;
+        let (raised, quantities) = self.evaluate_known_cells(&context).await?;
         let (_, velocities) = self.velocities(None).await?;
         let window_days = f64::from(self.settings.velocity_window_days);
         let mut suggestions = Vec::new();

@@ -186,8 +186,11 @@ impl ReplenishmentStore {
     }
 
     /// Every open alert, grouped by cell.
-    pub async fn open_alerts_by_cell(&self) -> ReplenishmentResult<std::collections::HashMap<(String, String), Vec<AlertRecord>>> {
-        let mut by_cell: std::collections::HashMap<(String, String), Vec<AlertRecord>> = std::collections::HashMap::new();
+    pub async fn open_alerts_by_cell(
+        &self,
+    ) -> ReplenishmentResult<std::collections::HashMap<(String, String), Vec<AlertRecord>>> {
+        let mut by_cell: std::collections::HashMap<(String, String), Vec<AlertRecord>> =
+            std::collections::HashMap::new();
         for alert in self.alerts(false).await? {
             by_cell.entry((alert.sku.clone(), alert.location_id.clone())).or_default().push(alert);
         }

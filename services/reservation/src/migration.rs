@@ -20,12 +20,14 @@ impl MigratorTrait for Migrator {
 mod m20261203_000001_create_tables {
     use super::*;
 
-    /// Named explicitly: the derive would name every migration in this file after the file.
+    /// Named explicitly (the derive names every migration in this file after the file). The
+    /// first migration keeps the name it was applied under, "migration", so databases created
+    /// by earlier builds still match.
     pub struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
-            "m20261203_000001_create_tables"
+            "migration"
         }
     }
 

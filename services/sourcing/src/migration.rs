@@ -28,12 +28,14 @@ impl MigratorTrait for Migrator {
 mod m20261203_000001_create_tables {
     use super::*;
 
-    /// Named explicitly: the derive would name every migration in this file after the file.
+    /// Named explicitly (the derive names every migration in this file after the file). The
+    /// first migration keeps the name it was applied under, "migration", so databases created
+    /// by earlier builds still match.
     pub struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
-            "m20261203_000001_create_tables"
+            "migration"
         }
     }
 
@@ -53,7 +55,7 @@ mod m20261203_000001_create_tables {
 mod m20261203_000002_request_hash {
     use super::*;
 
-    /// Named explicitly: the derive would name every migration in this file after the file.
+    /// Named explicitly (the derive names every migration in this file after the file).
     pub struct Migration;
 
     impl MigrationName for Migration {
@@ -84,5 +86,34 @@ mod m20261203_000002_request_hash {
                 .alter_table(Table::alter().table(Decisions::Table).drop_column(Decisions::RequestHash).to_owned())
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Database};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_from_before_migration_2_upgrades() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        // What the first build left: migration 1 applied under its name, no request_hash column.
+        db.execute_unprepared(
+            "CREATE TABLE sourcing_decisions (order_id TEXT PRIMARY KEY, decision TEXT NOT NULL, \
+             reservation_id TEXT NOT NULL, created_at_ms BIGINT NOT NULL);
+             CREATE TABLE sourcing_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO sourcing_migrations VALUES ('migration', 0);",
+        )
+        .await
+        .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let manager = SchemaManager::new(&db);
+        assert!(manager.has_column("sourcing_decisions", "request_hash").await.unwrap());
+        // And a fresh database gets both, idempotently.
+        let fresh = Database::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&fresh, None).await.unwrap();
+        Migrator::up(&fresh, None).await.unwrap();
+        assert!(SchemaManager::new(&fresh).has_column("sourcing_decisions", "request_hash").await.unwrap());
     }
 }
