@@ -266,13 +266,14 @@ backend_tests!(an_order_id_reused_with_another_request_is_already_exists, |mesh:
     assert_eq!(parts(&mesh.cell("D", "SP").await), (5, 0, 0, 5));
     // Concurrent attempts of one order: one plan, one hold; different bodies get ALREADY_EXISTS.
     for round in 0..10 {
-        let id = format!("C{round}");
+        let (id, sku) = (format!("C{round}"), format!("D{round}"));
+        mesh.receive(&sku, "SP", 5).await;
         let barrier = Arc::new(Barrier::new(8));
         let calls: Vec<_> = (0..8)
             .map(|i| {
                 let units = if i % 2 == 0 { 1 } else { 2 };
                 let (mut client, barrier, request) =
-                    (mesh.sourcing.clone(), barrier.clone(), order(&id, "web", &[("D", units)], true, false));
+                    (mesh.sourcing.clone(), barrier.clone(), order(&id, "web", &[(&sku, units)], true, false));
                 tokio::spawn(async move {
                     barrier.wait().await;
                     (units, client.source_order(request).await.map(tonic::Response::into_inner))
