@@ -32,6 +32,7 @@ use mesh_proto::{
     sourcing::v1::{OrderLine, SourceOrderRequest, sourcing_service_client::SourcingServiceClient},
 };
 use serde::{Deserialize, Serialize};
+use service_kit::time::to_timestamp as timestamp;
 use tonic::{Code, transport::Channel};
 
 /// The channel all replayed orders come from.
@@ -150,10 +151,6 @@ fn read_csv<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> anyhow::Res
 
 fn parse_time(value: &str) -> Option<i64> {
     NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc().timestamp_millis())
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// Coordinates inside Brazil's bounding box (the data README says to treat others as missing).

@@ -108,8 +108,7 @@ pub const MAX_FUTURE_MS: i64 = 24 * 3_600_000;
 /// would freeze COUNT rules and the velocity clock).
 pub fn past_timestamp_ms(field: &str, timestamp: &prost_types::Timestamp) -> Result<i64, Status> {
     let ms = timestamp_ms(field, timestamp)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    if ms > now + MAX_FUTURE_MS {
+    if ms > crate::time::now_ms() + MAX_FUTURE_MS {
         return Err(invalid_argument(field, "must not be more than 24 hours in the future"));
     }
     Ok(ms)

@@ -5,9 +5,11 @@ pub mod call;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 
 pub use call::CallContext;
 pub use error::{ErrorKind, ServiceError, invalid_argument, to_status};

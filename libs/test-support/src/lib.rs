@@ -315,10 +315,7 @@ pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i6
         r#type: kind as i32,
         cell: Some(cell(sku, location)),
         quantity_units: units,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: at_ms.div_euclid(1000),
-            nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        occurred_at: Some(service_kit::time::to_timestamp(at_ms)),
         source_system: "test".into(),
         reservation_id: String::new(),
         restockable: true,

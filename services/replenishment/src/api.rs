@@ -8,7 +8,13 @@ use mesh_proto::{
     common::v1::{CellQuantities, CellRef},
     replenishment::v1::{self as pb, replenishment_service_server::ReplenishmentService},
 };
-use service_kit::{CallContext, config::ReplenishmentSettings, error::validate_id, invalid_argument};
+use service_kit::{
+    CallContext,
+    config::ReplenishmentSettings,
+    error::validate_id,
+    invalid_argument,
+    time::{now_ms, to_timestamp as timestamp},
+};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status, transport::Channel};
 
@@ -28,14 +34,6 @@ pub struct ReplenishmentApi {
     settings: ReplenishmentSettings,
     call_timeout: Duration,
     evaluation: Arc<Mutex<()>>,
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn to_wire(a: &AlertRecord) -> pb::Alert {

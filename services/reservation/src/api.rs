@@ -6,7 +6,7 @@ use mesh_proto::{
     common::v1::{CellRef, CounterDifference},
     reservation::v1::{self as pb, reservation_service_server::ReservationService},
 };
-use service_kit::{error::validate_id, invalid_argument};
+use service_kit::{error::validate_id, invalid_argument, time::to_timestamp as timestamp};
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::{
@@ -25,10 +25,6 @@ pub struct ReservationApi {
     reservations: Reservations,
     default_ttl_ms: u64,
     max_ttl_ms: u64,
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 fn status_code(status: Status) -> i32 {

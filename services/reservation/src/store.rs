@@ -117,10 +117,7 @@ pub struct ReservationStore {
     db: DatabaseConnection,
 }
 
-/// Milliseconds since the Unix epoch by this process's clock.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use service_kit::time::now_ms;
 
 impl ReservationStore {
     /// Wraps a connection (migrations already applied).
