@@ -43,7 +43,9 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> TelemetryGuard 
     let result = if settings.json_logs {
         registry.with(tracing_subscriber::fmt::layer().json()).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+        // Colours only on a terminal: a log file or collector gets plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi)).try_init()
     };
     // A second init in one process (tests) keeps the first subscriber.
     drop(result);
