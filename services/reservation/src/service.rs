@@ -233,7 +233,10 @@ impl Reservations {
                 .store
                 .transition(&reservation_id, &[Status::Held], Status::Released, reason, None, released.hold_units, None)
                 .await?;
-            debug_assert!(moved, "only the caller that removed the hold records its release");
+            if !moved {
+                // Only the caller that removed the hold can end it this way; say so if it differs.
+                tracing::error!(%reservation_id, "released a hold whose record had already moved on");
+            }
             return Ok((self.load(&reservation_id).await?, released.hold_units));
         }
         let state = self.engine.hold_state(&reservation_id, &cells).await?;
@@ -249,7 +252,18 @@ impl Reservations {
             }
             return Err(ReservationError::InProgress(reservation_id));
         }
-        // Nothing live and nothing committed: the hold expired (or was released concurrently).
+        if state.now_ms < reservation.expires_at_ms {
+            // Not expired: a concurrent release took the hold; its record follows in a moment.
+            for _ in 0..100 {
+                let current = self.load(&reservation_id).await?;
+                if current.status != Status::Held {
+                    return Ok((current, 0));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return Err(ReservationError::InProgress(reservation_id));
+        }
+        // Nothing live, nothing committed, deadline passed: the hold expired.
         self.store
             .transition(&reservation_id, &[Status::Held], Status::Expired, "expired before release", None, 0, None)
             .await?;

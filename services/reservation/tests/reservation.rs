@@ -491,3 +491,32 @@ backend_tests!(far_future_times_and_unknown_reasons_are_invalid_arguments, |mesh
     assert!(error.message().starts_with("reason"), "{}", error.message());
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 1, 0, 4));
 });
+
+backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, |mesh: &TestMesh| async move {
+    for round in 0..40 {
+        let (sku, id) = (format!("D{round}"), format!("dbl{round}"));
+        mesh.receive(&sku, "L1", 3).await;
+        mesh.reserve(&id, &[(&sku, "L1", 3)], TTL).await.unwrap();
+        let barrier = Arc::new(Barrier::new(4));
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut client, barrier, id) = (mesh.reservation.clone(), barrier.clone(), id.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client
+                        .release_reservation(rv::ReleaseReservationRequest { reservation_id: id, reason: 0 })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let mut units = 0;
+        for call in calls {
+            let reply = call.await.unwrap().unwrap();
+            assert_eq!(reply.reservation.unwrap().status, rv::ReservationStatus::Released as i32, "round {round}");
+            units += reply.released_units;
+        }
+        assert_eq!(units, 3, "round {round}: the units came back once");
+        assert_eq!(parts(&mesh.cell(&sku, "L1").await), (3, 0, 0, 3), "round {round}");
+    }
+});
