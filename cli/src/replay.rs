@@ -158,10 +158,6 @@ fn in_brazil(lat: f64, lng: f64) -> bool {
     (-33.8..=5.3).contains(&lat) && (-74.0..=-34.7).contains(&lng)
 }
 
-fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    sourcing::domain::distance_km(a, b)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Source,
@@ -449,7 +445,7 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                 let baseline: Vec<f64> = order
                     .sellers
                     .iter()
-                    .filter_map(|s| Some(haversine_km(order.customer?, *seller_position.get(s)?)))
+                    .filter_map(|s| Some(sourcing::domain::distance_km(order.customer?, *seller_position.get(s)?)))
                     .collect();
                 if order.customer.is_some() && units_total > 0 && baseline.len() == order.sellers.len() {
                     our_distance += weighted / units_total as f64;

@@ -323,6 +323,21 @@ pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i6
     }
 }
 
+/// Asserts INVALID_ARGUMENT whose message starts with `field: ` and whose `BadRequest` details
+/// name exactly that field.
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    use tonic_types::StatusExt;
+    let status = result.expect_err(&format!("{field} should be rejected"));
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+    assert!(status.message().starts_with(&format!("{field}: ")), "message {:?} should name {field}", status.message());
+    let violations: Vec<String> = status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(violations, vec![field.to_owned()]);
+}
+
 /// The `ErrorInfo.reason` of a status.
 pub fn reason(status: &tonic::Status) -> String {
     service_kit::error::error_reason(status)

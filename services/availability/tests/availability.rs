@@ -10,7 +10,7 @@ use mesh_proto::{
     common::v1::{CellQuantities, GeoPoint},
     reservation::v1 as rv,
 };
-use test_support::{Backend, TestMesh, backend_tests, cell, event, parts, reason};
+use test_support::{Backend, TestMesh, assert_invalid, backend_tests, cell, event, parts, reason};
 use tokio::sync::Barrier;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -105,19 +105,6 @@ async fn set_safety(mesh: &TestMesh, sku: &str, location: &str, units: i64) -> C
         .cells;
     assert_eq!(cells.len(), 1);
     cells.remove(0)
-}
-
-/// Asserts INVALID_ARGUMENT whose message and `BadRequest` detail name exactly `field`.
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
-    let status = result.expect_err(&format!("{field} should be rejected"));
-    assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-    assert!(status.message().starts_with(&format!("{field}: ")), "message {:?} should name {field}", status.message());
-    let violations: Vec<String> = status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
-    assert_eq!(violations, vec![field.to_owned()]);
 }
 
 /// Asserts FAILED_PRECONDITION INSUFFICIENT_STOCK with the shortage described exactly.

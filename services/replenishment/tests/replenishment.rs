@@ -12,7 +12,7 @@ use mesh_proto::{
     replenishment::v1::{self as rp, AlertKind},
     reservation::v1 as rv,
 };
-use test_support::{Backend, TestMesh, backend_tests, cell, event, parts};
+use test_support::{Backend, TestMesh, assert_invalid, backend_tests, cell, event, parts};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -116,19 +116,6 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Asserts INVALID_ARGUMENT whose message and `BadRequest` detail name exactly `field`.
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
-    let status = result.expect_err(&format!("{field} should be rejected"));
-    assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-    assert!(status.message().starts_with(&format!("{field}: ")), "message {:?} should name {field}", status.message());
-    let violations: Vec<String> = status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
-    assert_eq!(violations, vec![field.to_owned()]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,23 @@ impl Reservations {
         self.store.get(reservation_id).await?.ok_or_else(|| ReservationError::NotFound(reservation_id.to_owned()))
     }
 
+    /// Waits (up to `attempts` × 10 ms) for a concurrent call to record its transition out of HELD,
+    /// returning the record once it has moved, or None if it is still held.
+    async fn wait_while_held(
+        &self,
+        reservation_id: &str,
+        attempts: u32,
+    ) -> ReservationResult<Option<StoredReservation>> {
+        for _ in 0..attempts {
+            let current = self.load(reservation_id).await?;
+            if current.status != Status::Held {
+                return Ok(Some(current));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(None)
+    }
+
     /// Replays the first answer for an existing reservation id.
     fn replay(existing: StoredReservation, new: &NewReservation) -> ReservationResult<StoredReservation> {
         if existing.body_hash != new.body_hash() {
@@ -148,12 +165,8 @@ impl Reservations {
             ConfirmOutcome::AlreadyConfirmed { .. } => {
                 // A concurrent confirm won the counter step: let it record the transition (and
                 // the demand); only if it never does (it crashed) record it here.
-                for _ in 0..100 {
-                    let current = self.load(reservation_id).await?;
-                    if current.status != Status::Held {
-                        return Ok(Confirmed { reservation: current, already_confirmed: true });
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Some(current) = self.wait_while_held(reservation_id, 100).await? {
+                    return Ok(Confirmed { reservation: current, already_confirmed: true });
                 }
                 self.store
                     .transition(
@@ -188,15 +201,11 @@ impl Reservations {
                 }
                 // Released by a concurrent call (its record may trail by a moment), or lost with
                 // the counter store's data: either way, never confirmable.
-                for _ in 0..10 {
-                    let current = self.load(reservation_id).await?;
-                    if current.status != Status::Held {
-                        return match current.status {
-                            Status::Confirmed => Ok(Confirmed { reservation: current, already_confirmed: true }),
-                            status => Err(ended(reservation_id, status)),
-                        };
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
+                    return match current.status {
+                        Status::Confirmed => Ok(Confirmed { reservation: current, already_confirmed: true }),
+                        status => Err(ended(reservation_id, status)),
+                    };
                 }
                 Err(ReservationError::refused(
                     "HOLD_LOST",
@@ -242,26 +251,18 @@ impl Reservations {
         let state = self.engine.hold_state(&reservation_id, &cells).await?;
         if state.committed_cells > 0 {
             // A confirm won the race in the counters; wait for its record, then cancel it.
-            for _ in 0..100 {
-                let current = self.load(&reservation_id).await?;
-                match current.status {
-                    Status::Confirmed => return self.cancel_commitment(current, reason).await,
-                    Status::Held => tokio::time::sleep(Duration::from_millis(10)).await,
-                    _ => return Ok((current, 0)),
-                }
-            }
-            return Err(ReservationError::InProgress(reservation_id));
+            return match self.wait_while_held(&reservation_id, 100).await? {
+                Some(current) if current.status == Status::Confirmed => self.cancel_commitment(current, reason).await,
+                Some(current) => Ok((current, 0)),
+                None => Err(ReservationError::InProgress(reservation_id)),
+            };
         }
         if state.now_ms < reservation.expires_at_ms {
             // Not expired: a concurrent release took the hold; its record follows in a moment.
-            for _ in 0..100 {
-                let current = self.load(&reservation_id).await?;
-                if current.status != Status::Held {
-                    return Ok((current, 0));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            return Err(ReservationError::InProgress(reservation_id));
+            return match self.wait_while_held(&reservation_id, 100).await? {
+                Some(current) => Ok((current, 0)),
+                None => Err(ReservationError::InProgress(reservation_id)),
+            };
         }
         // Nothing live, nothing committed, deadline passed: the hold expired.
         self.store

@@ -229,11 +229,8 @@ impl SourcingApi {
         &self,
         context: &CallContext,
         request: &pb::SourceOrderRequest,
+        order: ValidOrder,
     ) -> SourcingResult<pb::SourceOrderResponse> {
-        let order = validate(request).map_err(|s| SourcingError::InvalidArgument {
-            field: String::new(),
-            description: s.message().to_owned(),
-        })?;
         if !request.dry_run {
             match self.store.claim(&order.order_id, &order.request_hash).await? {
                 Claim::Decided(encoded) => {
@@ -452,12 +449,12 @@ impl SourcingService for SourcingApi {
         request: Request<pb::SourceOrderRequest>,
     ) -> Result<Response<pb::SourceOrderResponse>, Status> {
         let context = CallContext::from_request(&request);
-        validate(request.get_ref())?;
+        let order = validate(request.get_ref())?;
         // Once reserving has started it runs to completion (and is recorded) even if the caller
         // gives up, so a retry of the order gets the recorded decision instead of a second plan.
         let (api, request) = (self.clone(), request.into_inner());
         let span = tracing::Span::current();
-        let decision = tokio::spawn(async move { api.source(&context, &request).instrument(span).await })
+        let decision = tokio::spawn(async move { api.source(&context, &request, order).instrument(span).await })
             .await
             .map_err(|error| {
                 tracing::error!(%error, "sourcing task failed");
