@@ -122,10 +122,11 @@ pub async fn flash_sale(
                             sku: sku.clone(),
                             location_id: location.clone(),
                             quantity_units: 1,
+                            ..Default::default()
                         })
                         .collect(),
                     ttl_ms: 600_000,
-                    channel_id: String::new(),
+                    ..Default::default()
                 };
                 let started = Instant::now();
                 let result = client.create_reservation(request).await;

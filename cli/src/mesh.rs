@@ -84,9 +84,15 @@ pub async fn connect_engine(settings: &Settings) -> anyhow::Result<CounterEngine
     if settings.is_embedded_engine() {
         return Ok(CounterEngine::Memory(Arc::new(MemoryEngine::new(Arc::new(SystemClock)))));
     }
-    let engine = RedisEngine::connect(&settings.redis.url, &settings.redis.key_prefix)
-        .await
-        .with_context(|| format!("cannot connect to Redis at {}", settings.redis.url))?;
+    let engine = if settings.redis.cluster {
+        RedisEngine::connect_cluster(&settings.redis.url, &settings.redis.key_prefix)
+            .await
+            .with_context(|| format!("cannot connect to the Redis Cluster at {}", settings.redis.url))?
+    } else {
+        RedisEngine::connect(&settings.redis.url, &settings.redis.key_prefix)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {}", settings.redis.url))?
+    };
     Ok(CounterEngine::Redis(engine))
 }
 

@@ -515,6 +515,7 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                 let request = ReleaseReservationRequest {
                     reservation_id: state.reservation_id.clone(),
                     reason: if state.confirmed { ReleaseReason::Cancelled } else { ReleaseReason::Abandoned } as i32,
+                    lines: Vec::new(),
                 };
                 reservation
                     .release_reservation(request)

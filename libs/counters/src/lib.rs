@@ -14,7 +14,7 @@ pub mod redis_engine;
 use std::sync::Arc;
 
 pub use memory::{Clock, ManualClock, MemoryEngine, SystemClock};
-pub use redis_engine::RedisEngine;
+pub use redis_engine::{RedisEngine, key_slot, reserve_script_source};
 
 /// One (SKU, location) pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,11 +62,23 @@ pub struct Shortage {
     pub available: i64,
 }
 
+/// How much of a reservation must be available for it to hold anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReservePolicy {
+    /// Every line in full, or nothing (the default).
+    #[default]
+    AllOrNothing,
+    /// Each line takes what its cell's ATP covers; nothing is held if that is 0 for every line.
+    Partial,
+}
+
 /// What a reserve did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
-    /// Every line is held until `expires_at_ms` (engine clock).
-    Held { expires_at_ms: i64 },
+    /// Held until `expires_at_ms` (engine clock): `held` has one entry per distinct cell, in
+    /// first-seen order, with the units actually held (the full demand unless the policy is
+    /// partial; 0 for a partial line with nothing available).
+    Held { expires_at_ms: i64, held: Vec<CellUnits> },
     /// This reservation id already holds or committed these cells: nothing changed.
     AlreadyExists { expires_at_ms: i64 },
     /// At least one cell is short: nothing changed.
@@ -97,19 +109,57 @@ pub enum ReleasePart {
 }
 
 /// Units a release returned to ATP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Released {
     pub hold_units: i64,
     pub committed_units: i64,
+    /// Units returned per cell, in the order the cells were given.
+    pub per_cell: Vec<i64>,
 }
 
-/// What a reservation has left in the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a reservation has on one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CellHold {
+    /// Units of its live hold (0 when none).
+    pub held_units: i64,
+    /// The live hold's deadline (0 when none).
+    pub deadline_ms: i64,
+    /// Units of its open commitment (0 when none).
+    pub committed_units: i64,
+}
+
+/// What a reservation has left in the engine, one entry per cell asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldState {
-    pub live_cells: usize,
-    pub committed_cells: usize,
-    pub earliest_deadline_ms: i64,
+    pub cells: Vec<CellHold>,
+    /// The engine clock when it looked.
     pub now_ms: i64,
+}
+
+impl HoldState {
+    /// Cells with a live hold.
+    pub fn live_cells(&self) -> usize {
+        self.cells.iter().filter(|c| c.held_units > 0).count()
+    }
+
+    /// Cells with an open commitment.
+    pub fn committed_cells(&self) -> usize {
+        self.cells.iter().filter(|c| c.committed_units > 0).count()
+    }
+
+    /// The earliest deadline of its live holds (0 when none is live).
+    pub fn earliest_deadline_ms(&self) -> i64 {
+        self.cells.iter().filter(|c| c.held_units > 0).map(|c| c.deadline_ms).min().unwrap_or(0)
+    }
+}
+
+/// What an extend did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendOutcome {
+    /// Every cell's hold now lasts until at least `expires_at_ms` (the earliest of them).
+    Extended { expires_at_ms: i64, now_ms: i64 },
+    /// A cell has no live hold (expired, released, confirmed or lost): nothing changed.
+    HoldMissing { now_ms: i64 },
 }
 
 /// A physical change computed by the durable ledger.
@@ -150,6 +200,34 @@ pub struct SkuSnapshot {
     pub commitments: Vec<Entry>,
 }
 
+/// One SKU's durable state, merged into the engine by a rebuild (only what is missing is added).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SkuRestore {
+    pub sku: String,
+    /// (location, on_hand, position version, safety) per cell.
+    pub cells: Vec<(String, i64, i64, i64)>,
+    /// Live holds of HELD records (deadline on the engine clock).
+    pub holds: Vec<Entry>,
+    /// Unshipped units of CONFIRMED records.
+    pub commitments: Vec<Entry>,
+}
+
+/// What a rebuild step added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restored {
+    pub cells_written: u64,
+    pub holds_added: u64,
+    pub commitments_added: u64,
+}
+
+impl std::ops::AddAssign for Restored {
+    fn add_assign(&mut self, other: Self) {
+        self.cells_written += other.cells_written;
+        self.holds_added += other.holds_added;
+        self.commitments_added += other.commitments_added;
+    }
+}
+
 /// Why the engine could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
@@ -157,6 +235,18 @@ pub enum CounterError {
     Unavailable(#[from] redis::RedisError),
     #[error("counter script returned an unexpected reply: {0}")]
     Protocol(String),
+    /// The counter store lost data the durable store has (FLUSHALL, restart without persistence):
+    /// nothing was written; a rebuild restores it.
+    #[error("counter store lost its data: {0}")]
+    Lost(String),
+}
+
+impl CounterError {
+    /// Classifies a Redis error (a script's COUNTERS_LOST refusal is not a connection problem).
+    pub(crate) fn from_redis(error: redis::RedisError) -> Self {
+        let text = error.to_string();
+        if text.contains("COUNTERS_LOST") { Self::Lost(text) } else { Self::Unavailable(error) }
+    }
 }
 
 pub type CounterResult<T> = Result<T, CounterError>;
@@ -169,10 +259,11 @@ pub enum CounterEngine {
 }
 
 impl CounterEngine {
-    /// Returns "embedded" or "redis".
+    /// Returns "embedded", "redis" or "redis-cluster".
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Memory(_) => "embedded",
+            Self::Redis(r) if r.is_cluster() => "redis-cluster",
             Self::Redis(_) => "redis",
         }
     }
@@ -205,7 +296,7 @@ impl CounterEngine {
     /// Applies a physical change computed by the ledger.
     pub async fn apply_physical(&self, change: &PhysicalChange) -> CounterResult<PhysicalOutcome> {
         match self {
-            Self::Memory(m) => Ok(m.apply_physical(change)),
+            Self::Memory(m) => m.apply_physical(change),
             Self::Redis(r) => r.apply_physical(change).await,
         }
     }
@@ -225,9 +316,35 @@ impl CounterEngine {
         lines: &[CellUnits],
         ttl_ms: u64,
     ) -> CounterResult<ReserveOutcome> {
+        self.reserve_with(reservation_id, lines, ttl_ms, ReservePolicy::AllOrNothing).await
+    }
+
+    /// Holds the lines for `ttl_ms` under `policy`.
+    pub async fn reserve_with(
+        &self,
+        reservation_id: &str,
+        lines: &[CellUnits],
+        ttl_ms: u64,
+        policy: ReservePolicy,
+    ) -> CounterResult<ReserveOutcome> {
         match self {
-            Self::Memory(m) => Ok(m.reserve(reservation_id, lines, ttl_ms)),
-            Self::Redis(r) => r.reserve(reservation_id, lines, ttl_ms).await,
+            Self::Memory(m) => Ok(m.reserve(reservation_id, lines, ttl_ms, policy)),
+            Self::Redis(r) => r.reserve(reservation_id, lines, ttl_ms, policy).await,
+        }
+    }
+
+    /// Moves the deadline of the live hold on every cell to min(now + `ttl_ms`, `cap_ms`), never
+    /// earlier than it is, or changes nothing when a cell's hold is not live.
+    pub async fn extend(
+        &self,
+        reservation_id: &str,
+        cells: &[Cell],
+        ttl_ms: u64,
+        cap_ms: i64,
+    ) -> CounterResult<ExtendOutcome> {
+        match self {
+            Self::Memory(m) => Ok(m.extend(reservation_id, cells, ttl_ms, cap_ms)),
+            Self::Redis(r) => r.extend(reservation_id, cells, ttl_ms, cap_ms).await,
         }
     }
 
@@ -255,6 +372,25 @@ impl CounterEngine {
         }
     }
 
+    /// Merges one SKU's durable state (rebuild after data loss).
+    pub async fn restore(&self, state: &SkuRestore) -> CounterResult<Restored> {
+        match self {
+            Self::Memory(m) => Ok(m.restore(state)),
+            Self::Redis(r) => r.restore(state).await,
+        }
+    }
+
+    /// Removes every counter, hold and commitment of a SKU (clearing a foreign instance's data).
+    pub async fn clear_sku(&self, sku: &str) -> CounterResult<()> {
+        match self {
+            Self::Memory(m) => {
+                m.clear_sku(sku);
+                Ok(())
+            }
+            Self::Redis(r) => r.clear_sku(sku).await,
+        }
+    }
+
     /// Lists every SKU that has counters.
     pub async fn all_skus(&self) -> CounterResult<Vec<String>> {
         match self {
@@ -262,6 +398,18 @@ impl CounterEngine {
             Self::Redis(r) => r.all_skus().await,
         }
     }
+}
+
+/// Sums lines naming the same cell, keeping first-seen order.
+pub fn sum_cells(lines: &[CellUnits]) -> Vec<CellUnits> {
+    let mut out: Vec<CellUnits> = Vec::new();
+    for line in lines {
+        match out.iter_mut().find(|l| l.cell == line.cell) {
+            Some(existing) => existing.units += line.units,
+            None => out.push(line.clone()),
+        }
+    }
+    out
 }
 
 /// Returns the distinct SKUs in first-seen order.

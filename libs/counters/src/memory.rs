@@ -11,8 +11,8 @@ use std::{
 };
 
 use crate::{
-    Cell, CellCounters, CellUnits, ConfirmOutcome, Entry, HoldState, PhysicalChange, PhysicalOutcome, ReleasePart,
-    Released, ReserveOutcome, Shortage, SkuSnapshot,
+    Cell, CellCounters, CellHold, CellUnits, ConfirmOutcome, Entry, ExtendOutcome, HoldState, PhysicalChange,
+    PhysicalOutcome, ReleasePart, Released, ReserveOutcome, ReservePolicy, Shortage, SkuSnapshot,
 };
 
 /// Milliseconds since the Unix epoch, as the engine sees them.
@@ -151,10 +151,15 @@ impl MemoryEngine {
         })
     }
 
-    pub(crate) fn apply_physical(&self, change: &PhysicalChange) -> PhysicalOutcome {
+    pub(crate) fn apply_physical(&self, change: &PhysicalChange) -> crate::CounterResult<PhysicalOutcome> {
         self.with_skus(&[change.cell.sku.as_str()], |state, _| {
             let sku = state.entry(change.cell.sku.clone()).or_default();
             let loc = change.cell.location.as_str();
+            if sku.cells.get(loc).is_none_or(|c| c.version < 0) && change.version > 1 {
+                return Err(crate::CounterError::Lost(format!(
+                    "COUNTERS_LOST cell {loc} has no counters; run inventory-mesh rebuild"
+                )));
+            }
             let cell = sku.cell_mut(loc);
             if change.version > cell.version {
                 cell.counters.on_hand = change.on_hand;
@@ -174,7 +179,7 @@ impl MemoryEngine {
                     }
                 }
             }
-            PhysicalOutcome { counters: sku.counters(loc), fulfilled_units: fulfilled }
+            Ok(PhysicalOutcome { counters: sku.counters(loc), fulfilled_units: fulfilled })
         })
     }
 
@@ -186,7 +191,13 @@ impl MemoryEngine {
         })
     }
 
-    pub(crate) fn reserve(&self, reservation_id: &str, lines: &[CellUnits], ttl_ms: u64) -> ReserveOutcome {
+    pub(crate) fn reserve(
+        &self,
+        reservation_id: &str,
+        lines: &[CellUnits],
+        ttl_ms: u64,
+        policy: ReservePolicy,
+    ) -> ReserveOutcome {
         let names: Vec<&str> = lines.iter().map(|l| l.cell.sku.as_str()).collect();
         self.with_skus(&names, |state, now| {
             // Sum demand per cell before any check (B04).
@@ -214,16 +225,24 @@ impl MemoryEngine {
                     (available < *units).then(|| Shortage { cell: cell.clone(), requested: *units, available })
                 })
                 .collect();
-            if !shortages.is_empty() {
+            let take: Vec<CellUnits> = demand
+                .iter()
+                .map(|(cell, units)| {
+                    let available = state[&cell.sku].counters(&cell.location).atp();
+                    CellUnits { cell: cell.clone(), units: (*units).min(available.max(0)) }
+                })
+                .collect();
+            let total: i64 = take.iter().map(|t| t.units).sum();
+            if (policy == ReservePolicy::AllOrNothing && !shortages.is_empty()) || total == 0 {
                 return ReserveOutcome::Insufficient { shortages };
             }
             let deadline = now + ttl_ms as i64;
-            for (cell, units) in demand {
-                let sku = state.entry(cell.sku.clone()).or_default();
-                sku.cell_mut(&cell.location).counters.held += units;
-                sku.holds.insert((reservation_id.to_owned(), cell.location), (units, deadline));
+            for line in take.iter().filter(|t| t.units > 0) {
+                let sku = state.entry(line.cell.sku.clone()).or_default();
+                sku.cell_mut(&line.cell.location).counters.held += line.units;
+                sku.holds.insert((reservation_id.to_owned(), line.cell.location.clone()), (line.units, deadline));
             }
-            ReserveOutcome::Held { expires_at_ms: deadline }
+            ReserveOutcome::Held { expires_at_ms: deadline, held: take }
         })
     }
 
@@ -259,15 +278,19 @@ impl MemoryEngine {
             for cell in cells {
                 let key = (reservation_id.to_owned(), cell.location.clone());
                 let sku = state.entry(cell.sku.clone()).or_default();
+                let mut cell_units = 0;
                 if part == ReleasePart::Hold {
                     if let Some((units, _)) = sku.holds.remove(&key) {
                         sku.cell_mut(&cell.location).counters.held -= units;
                         released.hold_units += units;
+                        cell_units = units;
                     }
                 } else if let Some(units) = sku.commitments.remove(&key) {
                     sku.cell_mut(&cell.location).counters.committed -= units;
                     released.committed_units += units;
+                    cell_units = units;
                 }
+                released.per_cell.push(cell_units);
             }
             released
         })
@@ -275,22 +298,36 @@ impl MemoryEngine {
 
     pub(crate) fn hold_state(&self, reservation_id: &str, cells: &[Cell]) -> HoldState {
         let names: Vec<&str> = cells.iter().map(|c| c.sku.as_str()).collect();
+        self.with_skus(&names, |state, now| HoldState {
+            cells: cells
+                .iter()
+                .map(|cell| {
+                    let key = (reservation_id.to_owned(), cell.location.clone());
+                    let sku = &state[&cell.sku];
+                    let (held_units, deadline_ms) = sku.holds.get(&key).copied().unwrap_or((0, 0));
+                    CellHold { held_units, deadline_ms, committed_units: sku.commitments.get(&key).copied().unwrap_or(0) }
+                })
+                .collect(),
+            now_ms: now,
+        })
+    }
+
+    pub(crate) fn extend(&self, reservation_id: &str, cells: &[Cell], ttl_ms: u64, cap_ms: i64) -> ExtendOutcome {
+        let names: Vec<&str> = cells.iter().map(|c| c.sku.as_str()).collect();
         self.with_skus(&names, |state, now| {
-            let mut result = HoldState { live_cells: 0, committed_cells: 0, earliest_deadline_ms: 0, now_ms: now };
+            let key = |cell: &Cell| (reservation_id.to_owned(), cell.location.clone());
+            if cells.iter().any(|c| !state[&c.sku].holds.contains_key(&key(c))) {
+                return ExtendOutcome::HoldMissing { now_ms: now };
+            }
+            let wanted = now.saturating_add(ttl_ms as i64).min(cap_ms);
+            let mut earliest = i64::MAX;
             for cell in cells {
-                let key = (reservation_id.to_owned(), cell.location.clone());
-                let sku = &state[&cell.sku];
-                if let Some((_, deadline)) = sku.holds.get(&key) {
-                    result.live_cells += 1;
-                    if result.earliest_deadline_ms == 0 || *deadline < result.earliest_deadline_ms {
-                        result.earliest_deadline_ms = *deadline;
-                    }
-                }
-                if sku.commitments.contains_key(&key) {
-                    result.committed_cells += 1;
+                if let Some((_, deadline)) = state.entry(cell.sku.clone()).or_default().holds.get_mut(&key(cell)) {
+                    *deadline = (*deadline).max(wanted);
+                    earliest = earliest.min(*deadline);
                 }
             }
-            result
+            ExtendOutcome::Extended { expires_at_ms: earliest, now_ms: now }
         })
     }
 
@@ -299,6 +336,46 @@ impl MemoryEngine {
         let mut skus: Vec<String> = state.iter().filter(|(_, s)| !s.cells.is_empty()).map(|(k, _)| k.clone()).collect();
         skus.sort();
         skus
+    }
+}
+
+impl MemoryEngine {
+    /// Merges one SKU's durable state with the same rules as `restore.lua`.
+    pub(crate) fn restore(&self, restore: &crate::SkuRestore) -> crate::Restored {
+        self.with_skus(&[restore.sku.as_str()], |state, now| {
+            let sku = state.entry(restore.sku.clone()).or_default();
+            let mut done = crate::Restored::default();
+            for (loc, on_hand, version, safety) in &restore.cells {
+                let cell = sku.cell_mut(loc);
+                if *version > cell.version {
+                    cell.counters.on_hand = *on_hand;
+                    cell.counters.safety = *safety;
+                    cell.version = *version;
+                    done.cells_written += 1;
+                }
+            }
+            for hold in &restore.holds {
+                let key = (hold.reservation_id.clone(), hold.location.clone());
+                if hold.deadline_ms > now && !sku.holds.contains_key(&key) && !sku.commitments.contains_key(&key) {
+                    sku.cell_mut(&hold.location).counters.held += hold.units;
+                    sku.holds.insert(key, (hold.units, hold.deadline_ms));
+                    done.holds_added += 1;
+                }
+            }
+            for commitment in &restore.commitments {
+                let key = (commitment.reservation_id.clone(), commitment.location.clone());
+                if commitment.units > 0 && !sku.commitments.contains_key(&key) && !sku.holds.contains_key(&key) {
+                    sku.cell_mut(&commitment.location).counters.committed += commitment.units;
+                    sku.commitments.insert(key, commitment.units);
+                    done.commitments_added += 1;
+                }
+            }
+            done
+        })
+    }
+
+    pub(crate) fn clear_sku(&self, sku: &str) {
+        self.skus.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(sku);
     }
 }
 

@@ -4,8 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{
-    Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, ManualClock, MemoryEngine, PhysicalChange,
-    RedisEngine, ReleasePart, Released, ReserveOutcome, Shortage,
+    Cell, CellCounters, CellUnits, ConfirmOutcome, CounterEngine, Entry, ExtendOutcome, ManualClock, MemoryEngine,
+    PhysicalChange, RedisEngine, ReleasePart, Released, ReserveOutcome, ReservePolicy, Restored, Shortage, SkuRestore,
+    key_slot,
 };
 use tokio::sync::Barrier;
 
@@ -35,6 +36,13 @@ async fn redis() -> RedisEngine {
     }
 }
 
+async fn cluster() -> RedisEngine {
+    let url = test_support::cluster_url();
+    let prefix = format!("c{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    RedisEngine::connect_cluster(&url, &prefix).await.expect("the test Redis Cluster")
+}
+
+/// The in-process engine, standalone Redis and a 3-master Redis Cluster.
 async fn subjects() -> Vec<Subject> {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     vec![
@@ -44,6 +52,7 @@ async fn subjects() -> Vec<Subject> {
             clock: Some(clock),
         },
         Subject { name: "redis", engine: CounterEngine::Redis(redis().await), clock: None },
+        Subject { name: "redis-cluster", engine: CounterEngine::Redis(cluster().await), clock: None },
     ]
 }
 
@@ -55,16 +64,23 @@ fn line(sku: &str, units: i64) -> CellUnits {
     CellUnits { cell: cell(sku), units }
 }
 
+/// Sets on_hand as the ledger would: version 1 for a cell's first position, then any higher one.
 async fn stock(engine: &CounterEngine, sku: &str, on_hand: i64) {
-    let version = engine.read_cells(&[cell(sku)]).await.unwrap()[0].on_hand; // any increasing value works below
-    engine
-        .apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version: version + on_hand + 1_000, fulfil: None })
-        .await
-        .unwrap();
+    let snapshot = engine.snapshot(&[sku.to_owned()]).await.unwrap();
+    let known = snapshot[0].cells.iter().find(|(loc, _)| loc == "L1").map(|(_, c)| c.on_hand);
+    let version = match known {
+        None => 1,
+        Some(current) => current + on_hand + 1_000,
+    };
+    engine.apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version, fulfil: None }).await.unwrap();
 }
 
 async fn counters(engine: &CounterEngine, sku: &str) -> CellCounters {
     engine.read_cells(&[cell(sku)]).await.unwrap()[0]
+}
+
+fn released_nothing() -> Released {
+    Released { per_cell: vec![0], ..Released::default() }
 }
 
 fn counts(held: i64, committed: i64, on_hand: i64) -> CellCounters {
@@ -170,11 +186,11 @@ async fn release_returns_units_exactly_once() {
         e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
         assert_eq!(
             e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(),
-            Released { hold_units: 2, committed_units: 0 },
+            Released { hold_units: 2, committed_units: 0, per_cell: vec![2] },
             "{}",
             s.name
         );
-        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
+        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), released_nothing(), "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 0, 5), "{}", s.name);
     }
 }
@@ -187,17 +203,17 @@ async fn a_hold_release_never_takes_a_commitment_and_vice_versa() {
         e.reserve("h", &[line("A", 2)], 60_000).await.unwrap();
         assert_eq!(
             e.release("h", ReleasePart::Commitment, &[cell("A")]).await.unwrap(),
-            Released::default(),
+            released_nothing(),
             "{}",
             s.name
         );
         e.confirm("h", &[cell("A")]).await.unwrap();
         // A release that saw the record still held, racing the confirm: the commitment stays.
-        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), Released::default(), "{}", s.name);
+        assert_eq!(e.release("h", ReleasePart::Hold, &[cell("A")]).await.unwrap(), released_nothing(), "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 2, 5), "{}", s.name);
         assert_eq!(
             e.release("h", ReleasePart::Commitment, &[cell("A")]).await.unwrap(),
-            Released { hold_units: 0, committed_units: 2 },
+            Released { hold_units: 0, committed_units: 2, per_cell: vec![2] },
             "{}",
             s.name
         );
@@ -242,7 +258,7 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
         assert_eq!(shipped.counters.atp(), 90, "{}", s.name);
         assert_eq!(
             e.release("o6", ReleasePart::Commitment, &[cell("B")]).await.unwrap(),
-            Released { hold_units: 0, committed_units: 3 },
+            Released { hold_units: 0, committed_units: 3, per_cell: vec![3] },
             "{}",
             s.name
         );
@@ -268,6 +284,7 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
 async fn an_older_position_version_never_overwrites_a_newer_one() {
     for s in subjects().await {
         let e = &s.engine;
+        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 3, version: 1, fulfil: None }).await.unwrap();
         e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 10, version: 5, fulfil: None }).await.unwrap();
         let late =
             e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 4, fulfil: None }).await.unwrap();
@@ -363,4 +380,175 @@ async fn scripts_survive_script_flush_b19() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     assert!(matches!(e.reserve("after", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }));
     assert_eq!(counters(&e, "A").await.held, 2);
+}
+
+#[tokio::test]
+async fn a_cell_whose_counters_were_lost_refuses_physical_changes_until_rebuilt() {
+    for s in subjects().await {
+        let e = &s.engine;
+        // The ledger is at version 3 for this cell, but the engine has never seen it (flushed).
+        let lost = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 9, version: 3, fulfil: None }).await;
+        assert!(matches!(lost, Err(mesh_counters::CounterError::Lost(_))), "{}: {lost:?}", s.name);
+        assert_eq!(counters(e, "A").await, counts(0, 0, 0), "{}", s.name);
+        // A rebuild restores the position (and the holds and commitments of the records).
+        let restored = e
+            .restore(&SkuRestore {
+                sku: "A".into(),
+                cells: vec![("L1".into(), 9, 3, 1)],
+                holds: vec![Entry { reservation_id: "h".into(), location: "L1".into(), units: 2, deadline_ms: 4_000_000_000_000 }],
+                commitments: vec![Entry { reservation_id: "c".into(), location: "L1".into(), units: 3, deadline_ms: 0 }],
+            })
+            .await
+            .unwrap();
+        assert_eq!(restored, Restored { cells_written: 1, holds_added: 1, commitments_added: 1 }, "{}", s.name);
+        assert_eq!(counters(e, "A").await, CellCounters { on_hand: 9, held: 2, committed: 3, safety: 1 }, "{}", s.name);
+        // Restoring again adds nothing (merge, idempotent), and later changes apply normally.
+        let again = e
+            .restore(&SkuRestore {
+                sku: "A".into(),
+                cells: vec![("L1".into(), 9, 3, 1)],
+                holds: vec![Entry { reservation_id: "h".into(), location: "L1".into(), units: 2, deadline_ms: 4_000_000_000_000 }],
+                commitments: vec![Entry { reservation_id: "c".into(), location: "L1".into(), units: 3, deadline_ms: 0 }],
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, Restored::default(), "{}", s.name);
+        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 8, version: 4, fulfil: None }).await.unwrap();
+        assert_eq!(counters(e, "A").await.on_hand, 8, "{}", s.name);
+        assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn the_partial_policy_holds_what_is_there_and_says_what_is_short() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 5).await;
+        stock(e, "B", 1).await;
+        // C has nothing at all.
+        let outcome =
+            e.reserve_with("p", &[line("A", 3), line("B", 4), line("C", 2)], 60_000, ReservePolicy::Partial).await.unwrap();
+        let ReserveOutcome::Held { held, .. } = outcome else { panic!("{}: {outcome:?}", s.name) };
+        assert_eq!(held, vec![line("A", 3), line("B", 1), line("C", 0)], "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(3, 0, 5), "{}", s.name);
+        assert_eq!(counters(e, "B").await, counts(1, 0, 1), "{}", s.name);
+        assert_eq!(counters(e, "C").await, counts(0, 0, 0), "{}", s.name);
+        // Nothing available anywhere: nothing held, every line short.
+        let none = e.reserve_with("q", &[line("B", 1), line("C", 1)], 60_000, ReservePolicy::Partial).await.unwrap();
+        assert_eq!(
+            none,
+            ReserveOutcome::Insufficient {
+                shortages: vec![
+                    Shortage { cell: cell("B"), requested: 1, available: 0 },
+                    Shortage { cell: cell("C"), requested: 1, available: 0 }
+                ]
+            },
+            "{}",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn extend_moves_the_deadline_never_the_units_and_never_past_the_cap_b17() {
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, "A", 1).await;
+        let ReserveOutcome::Held { expires_at_ms: first, .. } = e.reserve("h3", &[line("A", 1)], 1_000).await.unwrap()
+        else {
+            panic!("{}: not held", s.name)
+        };
+        s.pass_ms(300).await;
+        let extended = e.extend("h3", &[cell("A")], 2_000, first + 60_000).await.unwrap();
+        let ExtendOutcome::Extended { expires_at_ms, now_ms } = extended else { panic!("{}: {extended:?}", s.name) };
+        assert_eq!(expires_at_ms, now_ms + 2_000, "{}", s.name);
+        assert_eq!(counters(e, "A").await, counts(1, 0, 1), "{} extending never changes held", s.name);
+        // Past the original deadline the hold is still live and confirmable.
+        s.pass_ms(1_000).await;
+        assert_eq!(counters(e, "A").await.held, 1, "{}", s.name);
+        // The cap wins over the asked TTL; a shorter TTL never moves the deadline back.
+        let capped = e.extend("h3", &[cell("A")], 600_000, expires_at_ms + 500).await.unwrap();
+        assert!(matches!(capped, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500), "{}: {capped:?}", s.name);
+        let shorter = e.extend("h3", &[cell("A")], 1, expires_at_ms + 500).await.unwrap();
+        assert!(matches!(shorter, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500), "{}: {shorter:?}", s.name);
+        assert!(matches!(e.confirm("h3", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
+        // An expired hold cannot be extended.
+        stock(e, "B", 1).await;
+        e.reserve("gone", &[line("B", 1)], 200).await.unwrap();
+        s.pass_ms(400).await;
+        let missing = e.extend("gone", &[cell("B")], 10_000, i64::MAX / 2).await.unwrap();
+        assert!(matches!(missing, ExtendOutcome::HoldMissing { .. }), "{}: {missing:?}", s.name);
+        assert_eq!(counters(e, "B").await, counts(0, 0, 1), "{}", s.name);
+    }
+}
+
+/// Two SKUs whose keys are in different cluster slots (and on different masters).
+fn skus_in_other_slots() -> (String, String, String) {
+    let names: Vec<String> = (0..200).map(|i| format!("X{i}")).collect();
+    let a = names[0].clone();
+    let b = names.iter().find(|n| key_slot(n) / 5461 != key_slot(&a) / 5461).unwrap().clone();
+    let c = names
+        .iter()
+        .find(|n| key_slot(n) / 5461 != key_slot(&a) / 5461 && key_slot(n) / 5461 != key_slot(&b) / 5461)
+        .unwrap()
+        .clone();
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn a_multi_slot_reserve_gives_back_earlier_slots_when_a_later_one_is_short_b20() {
+    let (a, b, c) = skus_in_other_slots();
+    for s in subjects().await {
+        let e = &s.engine;
+        for sku in [&a, &b] {
+            stock(e, sku, 1).await;
+        }
+        stock(e, &c, 1).await;
+        let lines = [CellUnits { cell: Cell::new(&a, "L1"), units: 1 }, CellUnits { cell: Cell::new(&b, "L1"), units: 1 }, CellUnits { cell: Cell::new(&c, "L2"), units: 1 }];
+        // C@L2 has nothing (the stock is at L1): the whole reserve fails, nothing stays held.
+        let outcome = e.reserve("o8", &lines, 60_000).await.unwrap();
+        assert_eq!(
+            outcome,
+            ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: Cell::new(&c, "L2"), requested: 1, available: 0 }] },
+            "{}",
+            s.name
+        );
+        for sku in [&a, &b, &c] {
+            assert_eq!(e.read_cells(&[Cell::new(sku, "L1")]).await.unwrap()[0].held, 0, "{} {sku}", s.name);
+        }
+        // With C@L1 instead it holds all three, each in its own slot's script, and confirms them all.
+        let lines = [CellUnits { cell: Cell::new(&a, "L1"), units: 1 }, CellUnits { cell: Cell::new(&b, "L1"), units: 1 }, CellUnits { cell: Cell::new(&c, "L1"), units: 1 }];
+        assert!(matches!(e.reserve("o8b", &lines, 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
+        let cells: Vec<Cell> = lines.iter().map(|l| l.cell.clone()).collect();
+        assert!(matches!(e.confirm("o8b", &cells).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
+        let state = e.hold_state("o8b", &cells).await.unwrap();
+        assert_eq!((state.live_cells(), state.committed_cells()), (0, 3), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_multi_slot_confirm_with_one_slot_lost_gives_back_the_others() {
+    let (a, b, _) = skus_in_other_slots();
+    for s in subjects().await {
+        let e = &s.engine;
+        stock(e, &a, 1).await;
+        stock(e, &b, 1).await;
+        let cells = [Cell::new(&a, "L1"), Cell::new(&b, "L1")];
+        let lines: Vec<CellUnits> = cells.iter().map(|c| CellUnits { cell: c.clone(), units: 1 }).collect();
+        e.reserve("lost", &lines, 60_000).await.unwrap();
+        // B's hold disappears (a failover that lost the write, simulated by releasing it).
+        e.release("lost", ReleasePart::Hold, &cells[1..]).await.unwrap();
+        assert!(matches!(e.confirm("lost", &cells).await.unwrap(), ConfirmOutcome::HoldMissing { .. }), "{}", s.name);
+        let state = e.hold_state("lost", &cells).await.unwrap();
+        assert_eq!(state.committed_cells(), 0, "{}: nothing stays committed", s.name);
+        assert_eq!(e.read_cells(&cells).await.unwrap().iter().map(|c| c.committed).sum::<i64>(), 0, "{}", s.name);
+    }
+}
+
+#[test]
+fn key_slots_match_redis() {
+    // Values from CLUSTER KEYSLOT on Redis 7.
+    assert_eq!(key_slot("A"), 6373);
+    assert_eq!(key_slot("123456789"), 12739);
+    assert_eq!(key_slot("foo"), 12182);
 }

@@ -54,6 +54,9 @@ pub struct ReservationSettings {
     /// How often the sweeper records expired holds durably.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// The longest a hold may last from its creation, extends included.
+    #[serde(with = "humantime_serde")]
+    pub max_hold_time: Duration,
 }
 
 /// The sourcing service's settings.
@@ -138,6 +141,8 @@ pub struct RedisSettings {
     pub url: String,
     /// Prefix of every key (lets several meshes or tests share one Redis).
     pub key_prefix: String,
+    /// The URL names one node of a Redis Cluster (the client finds the others).
+    pub cluster: bool,
 }
 
 /// Logs and traces.
@@ -173,6 +178,16 @@ impl Settings {
         if let Ok(prefix) = std::env::var("REDIS_KEY_PREFIX") {
             builder = builder.set_override("redis.key_prefix", prefix)?;
         }
+        if let Ok(cluster) = std::env::var("REDIS_CLUSTER") {
+            let cluster = match cluster.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "" | "0" | "false" | "no" => false,
+                other => {
+                    return Err(SettingsError::Invalid(format!("REDIS_CLUSTER must be true or false, not {other:?}")));
+                }
+            };
+            builder = builder.set_override("redis.cluster", cluster)?;
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -195,6 +210,15 @@ impl Settings {
         let invalid = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
             return invalid("database.url must start with sqlite: or postgres://");
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return invalid("redis.key_prefix must not contain { or } (they would change the keys' cluster slot)");
+        }
+        if self.redis.cluster && self.redis.url.is_empty() {
+            return invalid("redis.cluster needs redis.url (any one node of the cluster)");
+        }
+        if self.reservation.max_hold_ttl > self.reservation.max_hold_time {
+            return invalid("reservation.max_hold_ttl must be <= reservation.max_hold_time");
         }
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis") {
             return invalid("redis.url must be empty (embedded engine) or a redis:// URL");

@@ -25,6 +25,37 @@ pub enum Backend {
     Embedded,
     /// Real Redis (fresh key prefix) + real PostgreSQL (fresh database).
     External,
+    /// A real 3-master Redis Cluster on loopback (fresh key prefix) + real PostgreSQL.
+    Cluster,
+}
+
+/// The URL of one node of the test Redis Cluster (MESH_TEST_CLUSTER_URL, else the loopback cluster
+/// that `scripts/redis-cluster.sh` starts, started here on first use).
+pub fn cluster_url() -> String {
+    if let Ok(url) = std::env::var("MESH_TEST_CLUSTER_URL") {
+        return url;
+    }
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/redis-cluster.sh");
+        let output = std::process::Command::new("bash").arg(script).arg("start").output().unwrap();
+        assert!(
+            output.status.success(),
+            "could not start the test Redis Cluster ({script} start): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    "redis://127.0.0.1:7101".into()
+}
+
+/// Connects a Redis Cluster engine under a fresh prefix.
+pub async fn cluster_engine() -> RedisEngine {
+    let url = cluster_url();
+    match tokio::time::timeout(Duration::from_secs(10), RedisEngine::connect_cluster(&url, &key_prefix())).await {
+        Ok(Ok(engine)) => engine,
+        other => panic!("the Redis Cluster at {url} does not answer: {:?}", other.map(|r| r.err())),
+    }
 }
 
 /// The Redis URL tests use (REDIS_URL, else the local default).
@@ -124,7 +155,17 @@ impl TestMesh {
             Backend::External => {
                 settings.database.url = fresh_postgres_database().await;
                 settings.redis.url = redis_url();
-                CounterEngine::Redis(redis_engine().await)
+                let engine = redis_engine().await;
+                settings.redis.key_prefix = engine.key_prefix().to_owned();
+                CounterEngine::Redis(engine)
+            }
+            Backend::Cluster => {
+                settings.database.url = fresh_postgres_database().await;
+                settings.redis.url = cluster_url();
+                settings.redis.cluster = true;
+                let engine = cluster_engine().await;
+                settings.redis.key_prefix = engine.key_prefix().to_owned();
+                CounterEngine::Redis(engine)
             }
         };
         if let Some(configure) = options.configure {
@@ -162,7 +203,7 @@ impl TestMesh {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
-        if self.backend == Backend::External {
+        if self.backend != Backend::Embedded {
             use sea_orm::{ConnectionTrait, Database};
             let name = self.settings.database.url.rsplit('/').next().unwrap_or_default().to_owned();
             if let Ok(admin) = Database::connect(&postgres_url()).await {
@@ -258,10 +299,11 @@ impl TestMesh {
                         sku: (*s).into(),
                         location_id: (*l).into(),
                         quantity_units: *u,
+                        ..Default::default()
                     })
                     .collect(),
                 ttl_ms,
-                channel_id: String::new(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner().reservation.unwrap())
@@ -283,6 +325,7 @@ impl TestMesh {
             .release_reservation(rv::ReleaseReservationRequest {
                 reservation_id: id.into(),
                 reason: rv::ReleaseReason::Cancelled as i32,
+                lines: Vec::new(),
             })
             .await
             .map(tonic::Response::into_inner)
@@ -368,6 +411,23 @@ macro_rules! backend_tests {
             $crate::backend_tests!(@tests $case);
         }
     };
+    ($name:ident, cluster, |$mesh:ident: &TestMesh| async move $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn case($mesh: &$crate::TestMesh) $body
+
+            $crate::backend_tests!(@tests case);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redis_cluster_postgres() {
+                let mesh = $crate::TestMesh::start($crate::Backend::Cluster).await;
+                case(&mesh).await;
+                mesh.assert_reconciled().await;
+                mesh.stop().await;
+            }
+        }
+    };
     (@tests $case:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn embedded() {
@@ -385,4 +445,133 @@ macro_rules! backend_tests {
             mesh.stop().await;
         }
     };
+}
+
+/// A TCP proxy between the product and a store (Redis, PostgreSQL) that tests can cut and
+/// restore, or point at another server (a failover): fault injection without mocks.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    state: Arc<std::sync::Mutex<ProxyState>>,
+}
+
+struct ProxyState {
+    target: std::net::SocketAddr,
+    up: bool,
+    generation: u64,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on 127.0.0.1:0 forwarding to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(std::sync::Mutex::new(ProxyState { target, up: true, generation: 0 }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let (target, up, generation) = {
+                    let s = shared.lock().unwrap();
+                    (s.target, s.up, s.generation)
+                };
+                if !up {
+                    drop(inbound); // refused: the store is "down"
+                    continue;
+                }
+                let watch = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            if watch.lock().unwrap().generation != generation {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// Drops every open connection and refuses new ones (the store is unreachable).
+    pub fn cut(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.up = false;
+        s.generation += 1;
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.state.lock().unwrap().up = true;
+    }
+
+    /// Drops every open connection and sends new ones to `target` (a failover).
+    pub fn switch_to(&self, target: std::net::SocketAddr) {
+        let mut s = self.state.lock().unwrap();
+        s.target = target;
+        s.generation += 1;
+    }
+}
+
+/// A private redis-server process on a free loopback port (killed on drop), for tests that break
+/// or fail over their Redis without disturbing the shared one.
+pub struct RedisProcess {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    /// Starts redis-server with no persistence; extra args are passed through (e.g. replicaof).
+    pub async fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let process = Self { port, child, _dir: dir };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(process.addr()).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {port} did not start");
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command on it.
+    pub async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        cmd.query_async(&mut connection).await.unwrap()
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -13,7 +13,6 @@ use mesh_proto::{
 use test_support::{Backend, TestMesh, assert_invalid, backend_tests, cell, event, parts, reason};
 use tokio::sync::Barrier;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 /// Hold TTL of every reservation here: long enough never to expire during a test.
 const TTL_MS: u64 = 600_000;
@@ -945,6 +944,7 @@ async fn reconcile_reports_engine_and_store_without_differences(mesh: &TestMesh)
     let (engine, store) = match mesh.backend {
         Backend::Embedded => ("embedded", "sqlite"),
         Backend::External => ("redis", "postgres"),
+        Backend::Cluster => ("redis-cluster", "postgres"),
     };
     assert_eq!(report.differences, vec![]);
     assert_eq!(

@@ -14,7 +14,6 @@ use mesh_proto::{
 };
 use test_support::{Backend, TestMesh, assert_invalid, backend_tests, cell, event, parts};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 const DAY_MS: i64 = 86_400_000;
 /// The demand clock of these tests: 2024-06-01T00:00:00Z.

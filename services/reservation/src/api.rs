@@ -1,7 +1,9 @@
 //! The ReservationService gRPC handlers: decode and validate → [`Reservations`] → encode.
 use std::collections::{BTreeMap, HashMap};
 
-use mesh_counters::{Cell, CellUnits};
+use mesh_counters::{Cell, CellUnits, ReservePolicy};
+use prost::Message;
+use sha2::{Digest, Sha256};
 use mesh_proto::{
     common::v1::{CellRef, CounterDifference},
     reservation::v1::{self as pb, reservation_service_server::ReservationService},
@@ -47,12 +49,24 @@ pub fn to_wire(r: &StoredReservation) -> pb::Reservation {
         lines: r
             .lines
             .iter()
-            .map(|l| pb::ReservationLine {
-                sku: l.cell.sku.clone(),
-                location_id: l.cell.location.clone(),
-                quantity_units: l.units,
+            .map(|l| {
+                // A PENDING or REJECTED reservation has reserved nothing.
+                let reserved = if matches!(r.status, Status::Pending | Status::Rejected) { 0 } else { l.reserved };
+                pb::ReservationLine {
+                    sku: l.cell.sku.clone(),
+                    location_id: l.cell.location.clone(),
+                    quantity_units: l.requested,
+                    reserved_units: reserved,
+                    short_units: l.requested - reserved,
+                    released_units: l.released_units,
+                }
             })
             .collect(),
+        policy: match r.policy {
+            ReservePolicy::AllOrNothing => pb::ReservePolicy::AllOrNothing as i32,
+            ReservePolicy::Partial => pb::ReservePolicy::Partial as i32,
+        },
+        hold_limit: (r.hold_limit_ms > 0).then(|| timestamp(r.hold_limit_ms)),
         expires_at: (r.expires_at_ms > 0).then(|| timestamp(r.expires_at_ms)),
         channel_id: r.channel_id.clone(),
         released_units: r.released_units,
@@ -100,20 +114,70 @@ impl ReservationApi {
             }
             lines.push(CellUnits { cell: Cell::new(&line.sku, &line.location_id), units: line.quantity_units });
         }
-        let ttl_ms = if request.ttl_ms == 0 { self.default_ttl_ms } else { request.ttl_ms };
-        if ttl_ms > self.max_ttl_ms {
-            return Err(invalid_argument(
-                "ttl_ms",
-                &format!("must be at most {} (the configured maximum hold)", self.max_ttl_ms),
-            ));
-        }
+        let ttl_ms = self.parse_ttl(request.ttl_ms)?;
+        let policy = match pb::ReservePolicy::try_from(request.policy) {
+            Ok(pb::ReservePolicy::Partial) => ReservePolicy::Partial,
+            Ok(pb::ReservePolicy::AllOrNothing | pb::ReservePolicy::Unspecified) => ReservePolicy::AllOrNothing,
+            Err(_) => return Err(invalid_argument("policy", "must be a ReservePolicy value")),
+        };
         Ok(NewReservation {
             reservation_id: request.reservation_id.clone(),
             order_id: request.order_id.clone(),
             channel_id: request.channel_id.clone(),
             lines: normalise_lines(lines),
             ttl_ms,
+            policy,
         })
+    }
+
+    fn parse_ttl(&self, ttl_ms: u64) -> Result<u64, GrpcStatus> {
+        let ttl_ms = if ttl_ms == 0 { self.default_ttl_ms } else { ttl_ms };
+        if ttl_ms > self.max_ttl_ms {
+            return Err(invalid_argument(
+                "ttl_ms",
+                &format!("must be at most {} (the configured maximum hold)", self.max_ttl_ms),
+            ));
+        }
+        Ok(ttl_ms)
+    }
+
+    /// Extends once per request id: the first answer is stored and replayed to retries (also after
+    /// a restart); a failed attempt is forgotten so its retry runs afresh.
+    async fn extend_once(
+        reservations: Reservations,
+        request: pb::ExtendReservationRequest,
+        ttl_ms: u64,
+    ) -> ReservationResult<pb::ExtendReservationResponse> {
+        let body_hash = hex::encode(Sha256::digest(format!("{}|{}", request.reservation_id, ttl_ms).as_bytes()));
+        let store = &reservations.store;
+        for _ in 0..100 {
+            match store.claim_request(&request.request_id, &request.reservation_id, "extend", &body_hash).await? {
+                None => break,
+                Some(first) if first.body_hash != body_hash || first.kind != "extend" => {
+                    return Err(ReservationError::AlreadyExists(format!("request {}", request.request_id)));
+                }
+                Some(first) if !first.response.is_empty() => {
+                    return pb::ExtendReservationResponse::decode(first.response.as_slice())
+                        .map_err(|e| ReservationError::refused("CORRUPT_REQUEST", e.to_string()));
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await, // first one running
+            }
+        }
+        let outcome = reservations.extend(&request.reservation_id, ttl_ms).await;
+        match outcome {
+            Ok(extended) => {
+                let response = pb::ExtendReservationResponse {
+                    reservation: Some(to_wire(&extended.reservation)),
+                    capped: extended.capped,
+                };
+                store.finish_request(&request.request_id, response.encode_to_vec()).await?;
+                Ok(response)
+            }
+            Err(error) => {
+                store.drop_request(&request.request_id).await?;
+                Err(error)
+            }
+        }
     }
 
     /// Compares the counters with the holds and commitments they are made of, and both with the
@@ -304,9 +368,30 @@ impl ReservationService for ReservationApi {
         validate_id("reservation_id", &request.reservation_id)?;
         let reservations = self.reservations.clone();
         let reason = release_reason(request.reason)?;
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            validate_id(&format!("lines[{i}].sku"), &line.sku)?;
+            validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
+            lines.push(Cell::new(&line.sku, &line.location_id));
+        }
         let (reservation, released_units) =
-            run_to_completion(async move { reservations.release(&request.reservation_id, reason).await }).await?;
+            run_to_completion(async move { reservations.release(&request.reservation_id, reason, &lines).await })
+                .await?;
         Ok(Response::new(pb::ReleaseReservationResponse { reservation: Some(to_wire(&reservation)), released_units }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation_id = %request.get_ref().reservation_id))]
+    async fn extend_reservation(
+        &self,
+        request: Request<pb::ExtendReservationRequest>,
+    ) -> Result<Response<pb::ExtendReservationResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        validate_id("reservation_id", &request.reservation_id)?;
+        validate_id("request_id", &request.request_id)?;
+        let ttl_ms = self.parse_ttl(request.ttl_ms)?;
+        let reservations = self.reservations.clone();
+        let response = run_to_completion(Self::extend_once(reservations, request, ttl_ms)).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_reservation(

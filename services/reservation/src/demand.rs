@@ -35,13 +35,13 @@ impl DemandSender {
     /// Queues the lines of a confirmed reservation.
     pub async fn send(&self, reservation: &StoredReservation, occurred_at_ms: Option<i64>) {
         let at_ms = occurred_at_ms.unwrap_or_else(service_kit::time::now_ms);
-        for (position, line) in reservation.lines.iter().enumerate() {
+        for (position, line) in reservation.lines.iter().enumerate().filter(|(_, l)| l.reserved > 0) {
             self.feed
                 .send(Demand {
                     // Unique per reservation line and short enough for an id (≤ 128 characters).
                     demand_id: format!("{}/{position}", reservation.reservation_id),
                     cell: Some(CellRef { sku: line.cell.sku.clone(), location_id: line.cell.location.clone() }),
-                    quantity_units: line.units,
+                    quantity_units: line.reserved,
                     occurred_at: Some(service_kit::time::to_timestamp(at_ms)),
                 })
                 .await;

@@ -2,7 +2,7 @@
 //! tells a retry from a reused id, and the status machine (a hold ends exactly once).
 use sha2::{Digest, Sha256};
 
-use mesh_counters::{Cell, CellUnits};
+use mesh_counters::{Cell, CellUnits, ReservePolicy};
 
 /// Where a reservation is in its life (stored codes are the proto enum values; 0 = being created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,7 @@ pub struct NewReservation {
     /// One entry per cell, in first-seen order, units summed.
     pub lines: Vec<CellUnits>,
     pub ttl_ms: u64,
+    pub policy: ReservePolicy,
 }
 
 /// Sums lines naming the same cell, keeping first-seen order.
@@ -73,6 +74,9 @@ impl NewReservation {
     /// Digest of everything that defines the reservation (a retry must match it exactly).
     pub fn body_hash(&self) -> String {
         let mut text = format!("{}|{}|{}", self.order_id, self.channel_id, self.ttl_ms);
+        if self.policy == ReservePolicy::Partial {
+            text.push_str("|partial");
+        }
         for line in &self.lines {
             text.push_str(&format!("|{}@{}x{}", line.cell.sku, line.cell.location, line.units));
         }
@@ -113,11 +117,14 @@ mod tests {
             channel_id: String::new(),
             lines: vec![CellUnits { cell: Cell::new("A", "L1"), units: 4 }],
             ttl_ms: 1000,
+            policy: ReservePolicy::AllOrNothing,
         };
         let mut b = a.clone();
         b.lines[0].units = 5;
         assert_ne!(a.body_hash(), b.body_hash());
         assert_eq!(a.body_hash(), a.clone().body_hash());
+        let partial = NewReservation { policy: ReservePolicy::Partial, ..a.clone() };
+        assert_ne!(a.body_hash(), partial.body_hash());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub fn routes(
         let channel = service_kit::grpc::peer_channel(&settings.peers.replenishment, &settings.peers)?;
         Some(demand::DemandSender::start(channel, settings.peers.call_timeout, tracker, shutdown.clone()))
     };
-    let reservations = service::Reservations::new(store::ReservationStore::new(db), engine, demand);
+    let reservations = service::Reservations::new(store::ReservationStore::new(db), engine, demand)
+        .with_max_hold_time(settings.reservation.max_hold_time);
     spawn_sweeper(reservations.clone(), settings.reservation.sweep_interval, tracker, shutdown);
     let api = api::ReservationApi::new(
         reservations,
@@ -70,8 +71,8 @@ fn spawn_sweeper(
                 () = shutdown.cancelled() => break,
             }
             match reservations.sweep().await {
-                Ok(0) => {}
-                Ok(settled) => tracing::debug!(settled, "sweeper settled reservations"),
+                Ok(sweep) if sweep.settled() == 0 => {}
+                Ok(sweep) => tracing::debug!(?sweep, "sweeper settled reservations"),
                 Err(error) => tracing::warn!(%error, "sweep failed; retrying next tick"),
             }
         }

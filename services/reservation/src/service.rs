@@ -1,9 +1,11 @@
 //! The reservation rules with I/O: claim the id durably, run the counter step, record the outcome.
 //! Order of writes: the PENDING claim (idempotency arbiter) → the atomic counter step → the final
-//! status, all before the reply. A confirm or release is recorded durably before it is answered.
-use std::time::Duration;
+//! status, all before the reply. A confirm, release or extend is recorded durably before it is
+//! answered. Whatever a crash leaves between those steps, the sweeper settles from the engine's
+//! state: a stale claim becomes HELD (its holds are all there) or is released and dropped.
+use std::{collections::HashSet, time::Duration};
 
-use mesh_counters::{Cell, ConfirmOutcome, CounterEngine, ReleasePart, ReserveOutcome};
+use mesh_counters::{Cell, CellUnits, ConfirmOutcome, CounterEngine, ExtendOutcome, ReleasePart, ReserveOutcome, ReservePolicy};
 
 use crate::{
     demand::DemandSender,
@@ -12,12 +14,22 @@ use crate::{
     store::{ReservationStore, StoredReservation},
 };
 
+/// How long a PENDING claim may stay unanswered before the sweeper settles it.
+const STALE_CLAIM_MS: i64 = 30_000;
+/// Most held-past-deadline reservations one sweep step looks at.
+const SWEEP_BATCH: u64 = 2_000;
+
 /// The reservation service's logic, shared by the gRPC handlers and the sweeper.
 #[derive(Clone)]
 pub struct Reservations {
     pub(crate) store: ReservationStore,
     pub(crate) engine: CounterEngine,
     pub(crate) demand: Option<DemandSender>,
+    /// The longest a hold may last from its creation, extends included.
+    pub(crate) max_hold_time_ms: i64,
+    /// A sweep that expires more than this share of the live holds (and at least 10) logs a
+    /// mass-expiry alert (B18: a clock jump on the counter store expires everything at once).
+    pub(crate) mass_expiry_ratio: f64,
 }
 
 /// What a confirm found.
@@ -26,10 +38,39 @@ pub struct Confirmed {
     pub already_confirmed: bool,
 }
 
+/// What an extend did.
+pub struct Extended {
+    pub reservation: StoredReservation,
+    pub capped: bool,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired: usize,
+    pub recovered: usize,
+    pub claims_settled: usize,
+    /// True when this sweep raised a mass-expiry alert.
+    pub mass_expiry: bool,
+}
+
+impl Sweep {
+    /// Reservations this sweep settled.
+    pub fn settled(&self) -> usize {
+        self.expired + self.recovered + self.claims_settled
+    }
+}
+
 impl Reservations {
     /// Builds the logic over its store, the counters and an optional demand feed.
     pub fn new(store: ReservationStore, engine: CounterEngine, demand: Option<DemandSender>) -> Self {
-        Self { store, engine, demand }
+        Self { store, engine, demand, max_hold_time_ms: 2 * 3_600_000, mass_expiry_ratio: 0.5 }
+    }
+
+    /// Sets the longest total hold time (extends included).
+    pub fn with_max_hold_time(mut self, max_hold_time: Duration) -> Self {
+        self.max_hold_time_ms = max_hold_time.as_millis() as i64;
+        self
     }
 
     async fn load(&self, reservation_id: &str) -> ReservationResult<StoredReservation> {
@@ -65,7 +106,7 @@ impl Reservations {
         }
     }
 
-    /// Holds every line or none; idempotent by reservation id.
+    /// Holds the lines under the request's policy; idempotent by reservation id.
     pub async fn create(&self, new: &NewReservation) -> ReservationResult<StoredReservation> {
         if !self.store.claim(new).await? {
             // Someone owns this id: wait briefly for its answer, then replay it.
@@ -78,31 +119,26 @@ impl Reservations {
             }
             return Err(ReservationError::InProgress(new.reservation_id.clone()));
         }
-        let outcome = match self.engine.reserve(&new.reservation_id, &new.lines, new.ttl_ms).await {
+        let outcome = match self.engine.reserve_with(&new.reservation_id, &new.lines, new.ttl_ms, new.policy).await {
             Ok(outcome) => outcome,
             Err(error) => {
-                // The counter step did not run (or its effect is unknown: the sweeper then finds
-                // the stale claim and settles it from the engine's state).
-                if let Err(drop_error) = self.store.drop_claim(&new.reservation_id).await {
-                    tracing::warn!(error = %drop_error, "could not drop the claim of a failed reserve");
-                }
+                self.abandon_claim(new).await;
                 return Err(error.into());
             }
         };
-        match outcome {
-            ReserveOutcome::Held { expires_at_ms } | ReserveOutcome::AlreadyExists { expires_at_ms } => {
-                self.store
-                    .transition(
-                        &new.reservation_id,
-                        &[Status::Pending],
-                        Status::Held,
-                        "held",
-                        Some(expires_at_ms),
-                        0,
-                        None,
-                    )
-                    .await?;
-                self.load(&new.reservation_id).await
+        let (expires_at_ms, held) = match outcome {
+            ReserveOutcome::Held { expires_at_ms, held } => (expires_at_ms, held),
+            ReserveOutcome::AlreadyExists { .. } => {
+                // An earlier attempt with this id (whose claim was dropped) left its holds: adopt
+                // what is live, as the engine says.
+                let state = self.engine.hold_state(&new.reservation_id, &new.cells()).await?;
+                let held = new
+                    .lines
+                    .iter()
+                    .zip(&state.cells)
+                    .map(|(line, cell)| CellUnits { cell: line.cell.clone(), units: cell.held_units })
+                    .collect();
+                (state.earliest_deadline_ms(), held)
             }
             ReserveOutcome::Insufficient { shortages } => {
                 let error = ReservationError::InsufficientStock(shortages);
@@ -120,111 +156,188 @@ impl Reservations {
                     )
                     .await?;
                 tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
-                Err(error)
+                return Err(error);
+            }
+        };
+        let hold_limit_ms = expires_at_ms - new.ttl_ms as i64 + self.max_hold_time_ms;
+        let short: i64 = new.lines.iter().zip(&held).map(|(l, h)| l.units - h.units).sum();
+        let reason = if short > 0 { format!("held ({short} units short)") } else { "held".to_owned() };
+        self.store.hold(&new.reservation_id, expires_at_ms, hold_limit_ms, &held, &reason).await?;
+        self.load(&new.reservation_id).await
+    }
+
+    /// After a failed counter step (its effect unknown: the script may have run before the
+    /// connection broke), gives back whatever it may hold; only then is the claim dropped, so a
+    /// retry starts fresh. If even that fails, the claim stays for the sweeper to settle.
+    async fn abandon_claim(&self, new: &NewReservation) {
+        match self.engine.release(&new.reservation_id, ReleasePart::Hold, &new.cells()).await {
+            Ok(_) => {
+                if let Err(error) = self.store.drop_claim(&new.reservation_id).await {
+                    tracing::warn!(%error, "could not drop the claim of a failed reserve; the sweeper will");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, reservation_id = %new.reservation_id, "failed reserve left its claim for the sweeper")
             }
         }
     }
 
     /// Turns a live hold into a commitment; a second confirm is answered as already confirmed.
     pub async fn confirm(&self, reservation_id: &str, occurred_at_ms: Option<i64>) -> ReservationResult<Confirmed> {
-        let reservation = self.load(reservation_id).await?;
-        match reservation.status {
-            Status::Confirmed => return Ok(Confirmed { reservation, already_confirmed: true }),
-            Status::Held => {}
-            Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
-            status => return Err(ended(reservation_id, status)),
-        }
-        let outcome = self.engine.confirm(reservation_id, &reservation.cells()).await?;
-        match outcome {
-            ConfirmOutcome::Confirmed { .. } => {
-                // The counters hold the commitment now; a release can no longer take it (it only
-                // releases holds of held records), so this transition is ours unless a duplicate
-                // confirm recorded it first.
-                let moved = self
-                    .store
-                    .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
-                    .await?;
-                let mut current = self.load(reservation_id).await?;
-                let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
-                let Some(confirmed_at) = confirmed_at else {
-                    tracing::error!(%reservation_id, status = ?current.status, "confirmed in the counters but recorded otherwise");
-                    return Err(ReservationError::InProgress(reservation_id.to_owned()));
-                };
-                if current.status != Status::Confirmed {
-                    // A racing release cancelled it right after: answer with the state the confirm made.
-                    current.status = Status::Confirmed;
-                    current.history.truncate(confirmed_at + 1);
-                }
-                if moved {
-                    if let Some(demand) = &self.demand {
-                        demand.send(&reservation, occurred_at_ms).await;
+        let mut reservation = self.load(reservation_id).await?;
+        for attempt in 0..3 {
+            match reservation.status {
+                Status::Confirmed => return Ok(Confirmed { reservation, already_confirmed: true }),
+                Status::Held => {}
+                Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
+                status => return Err(ended(reservation_id, status)),
+            }
+            let cells = reservation.cells();
+            let outcome = self.engine.confirm(reservation_id, &cells).await?;
+            match outcome {
+                ConfirmOutcome::Confirmed { .. } => return self.record_confirm(reservation, occurred_at_ms).await,
+                ConfirmOutcome::AlreadyConfirmed { .. } => {
+                    // A concurrent confirm won the counter step: let it record the transition (and
+                    // the demand); only if it never does (it crashed) record it here.
+                    if let Some(current) = self.wait_while_held(reservation_id, 100).await? {
+                        return Ok(Confirmed { reservation: current, already_confirmed: true });
                     }
-                }
-                Ok(Confirmed { reservation: current, already_confirmed: !moved })
-            }
-            ConfirmOutcome::AlreadyConfirmed { .. } => {
-                // A concurrent confirm won the counter step: let it record the transition (and
-                // the demand); only if it never does (it crashed) record it here.
-                if let Some(current) = self.wait_while_held(reservation_id, 100).await? {
-                    return Ok(Confirmed { reservation: current, already_confirmed: true });
-                }
-                self.store
-                    .transition(
-                        reservation_id,
-                        &[Status::Held],
-                        Status::Confirmed,
-                        "confirmed (recovered)",
-                        None,
-                        0,
-                        None,
-                    )
-                    .await?;
-                Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true })
-            }
-            ConfirmOutcome::HoldMissing { now_ms } => {
-                if now_ms >= reservation.expires_at_ms {
                     self.store
                         .transition(
                             reservation_id,
                             &[Status::Held],
-                            Status::Expired,
-                            "expired before confirm",
+                            Status::Confirmed,
+                            "confirmed (recovered)",
                             None,
                             0,
                             None,
                         )
                         .await?;
+                    return Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true });
+                }
+                ConfirmOutcome::HoldMissing { now_ms } => {
+                    if now_ms >= reservation.expires_at_ms {
+                        self.expire(&reservation, "expired before confirm").await?;
+                        return Err(ReservationError::refused(
+                            "HOLD_EXPIRED",
+                            format!("hold {reservation_id} expired before it was confirmed"),
+                        ));
+                    }
+                    // Released (in whole or in part) by a concurrent call whose record may trail
+                    // by a moment, or lost with the counter store's data.
+                    let current = self.load(reservation_id).await?;
+                    if current.status == Status::Held && current.cells() != cells && attempt < 2 {
+                        reservation = current; // some lines were released meanwhile: confirm the rest
+                        continue;
+                    }
+                    if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
+                        return match current.status {
+                            Status::Confirmed => Ok(Confirmed { reservation: current, already_confirmed: true }),
+                            status => Err(ended(reservation_id, status)),
+                        };
+                    }
                     return Err(ReservationError::refused(
-                        "HOLD_EXPIRED",
-                        format!("hold {reservation_id} expired before it was confirmed"),
+                        "HOLD_LOST",
+                        format!("hold {reservation_id} is not in the counter store (its data was lost); it cannot be confirmed"),
                     ));
                 }
-                // Released by a concurrent call (its record may trail by a moment), or lost with
-                // the counter store's data: either way, never confirmable.
-                if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
-                    return match current.status {
-                        Status::Confirmed => Ok(Confirmed { reservation: current, already_confirmed: true }),
-                        status => Err(ended(reservation_id, status)),
-                    };
-                }
-                Err(ReservationError::refused(
-                    "HOLD_LOST",
-                    format!("hold {reservation_id} is not in the counter store"),
-                ))
             }
+        }
+        Err(ReservationError::InProgress(reservation_id.to_owned()))
+    }
+
+    async fn record_confirm(
+        &self,
+        reservation: StoredReservation,
+        occurred_at_ms: Option<i64>,
+    ) -> ReservationResult<Confirmed> {
+        let reservation_id = reservation.reservation_id.as_str();
+        // The counters hold the commitment now; a release can no longer take it (it only releases
+        // holds of held records), so this transition is ours unless a duplicate confirm recorded it.
+        let moved =
+            self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+        let mut current = self.load(reservation_id).await?;
+        let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
+        let Some(confirmed_at) = confirmed_at else {
+            tracing::error!(%reservation_id, status = ?current.status, "confirmed in the counters but recorded otherwise");
+            return Err(ReservationError::InProgress(reservation_id.to_owned()));
+        };
+        if current.status != Status::Confirmed {
+            // A racing release cancelled it right after: answer with the state the confirm made.
+            current.status = Status::Confirmed;
+            current.history.truncate(confirmed_at + 1);
+        }
+        if moved {
+            if let Some(demand) = &self.demand {
+                demand.send(&reservation, occurred_at_ms).await;
+            }
+        }
+        Ok(Confirmed { reservation: current, already_confirmed: !moved })
+    }
+
+    /// Records a held reservation whose deadline passed as EXPIRED, first giving back any hold a
+    /// later deadline kept alive on another slot (so an EXPIRED record never leaves units held).
+    async fn expire(&self, reservation: &StoredReservation, reason: &str) -> ReservationResult<()> {
+        self.engine.release(&reservation.reservation_id, ReleasePart::Hold, &reservation.cells()).await?;
+        self.store.transition(&reservation.reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None).await?;
+        Ok(())
+    }
+
+    /// Releases some lines (`lines` non-empty) or the whole reservation: a live hold returns its
+    /// units, a confirmed one its unshipped units. Releasing what is already released changes
+    /// nothing and returns 0 units.
+    pub async fn release(
+        &self,
+        reservation_id: &str,
+        reason: &str,
+        lines: &[Cell],
+    ) -> ReservationResult<(StoredReservation, i64)> {
+        let reservation = self.load(reservation_id).await?;
+        for (i, cell) in lines.iter().enumerate() {
+            if !reservation.lines.iter().any(|l| l.cell == *cell) {
+                return Err(ReservationError::invalid(
+                    format!("lines[{i}]"),
+                    format!("{}@{} is not a line of reservation {reservation_id}", cell.sku, cell.location),
+                ));
+            }
+        }
+        let active = reservation.cells();
+        let chosen: Vec<Cell> = if lines.is_empty() {
+            active.clone()
+        } else {
+            let named: HashSet<&Cell> = lines.iter().collect();
+            active.iter().filter(|c| named.contains(c)).cloned().collect()
+        };
+        match reservation.status {
+            Status::Pending => Err(ReservationError::InProgress(reservation_id.to_owned())),
+            Status::Held | Status::Confirmed if !lines.is_empty() && chosen.is_empty() => Ok((reservation, 0)),
+            Status::Held | Status::Confirmed if chosen.len() < active.len() => {
+                self.release_some(reservation, &chosen, reason).await
+            }
+            Status::Held => self.release_hold(reservation, reason).await,
+            Status::Confirmed => self.cancel_commitment(reservation, reason).await,
+            _ => Ok((reservation, 0)),
         }
     }
 
-    /// Ends a reservation: a live hold returns its units, a confirmed one its unshipped units.
-    /// Releasing an ended reservation changes nothing and returns 0 units.
-    pub async fn release(&self, reservation_id: &str, reason: &str) -> ReservationResult<(StoredReservation, i64)> {
-        let reservation = self.load(reservation_id).await?;
-        match reservation.status {
-            Status::Held => self.release_hold(reservation, reason).await,
-            Status::Confirmed => self.cancel_commitment(reservation, reason).await,
-            Status::Pending => Err(ReservationError::InProgress(reservation_id.to_owned())),
-            _ => Ok((reservation, 0)),
+    /// Gives back some lines of a held or confirmed reservation; it stays in its status.
+    async fn release_some(
+        &self,
+        reservation: StoredReservation,
+        cells: &[Cell],
+        reason: &str,
+    ) -> ReservationResult<(StoredReservation, i64)> {
+        let reservation_id = reservation.reservation_id.clone();
+        let part = if reservation.status == Status::Held { ReleasePart::Hold } else { ReleasePart::Commitment };
+        let released = self.engine.release(&reservation_id, part, cells).await?;
+        let per_line: Vec<(Cell, i64)> = cells.iter().cloned().zip(released.per_cell.iter().copied()).collect();
+        if !self.store.release_lines(&reservation_id, reservation.status, &per_line, false, reason).await? {
+            // It moved on meanwhile (confirmed, released, expired): the counters already tell the
+            // truth; say what the record says now.
+            tracing::warn!(%reservation_id, "lines released while the reservation changed status");
         }
+        let total = released.hold_units + released.committed_units;
+        Ok((self.load(&reservation_id).await?, total))
     }
 
     /// Releases a held reservation's hold. Only the hold is touched: if a racing confirm turned it
@@ -238,10 +351,8 @@ impl Reservations {
         let cells = reservation.cells();
         let released = self.engine.release(&reservation_id, ReleasePart::Hold, &cells).await?;
         if released.hold_units > 0 {
-            let moved = self
-                .store
-                .transition(&reservation_id, &[Status::Held], Status::Released, reason, None, released.hold_units, None)
-                .await?;
+            let per_line: Vec<(Cell, i64)> = cells.iter().cloned().zip(released.per_cell.iter().copied()).collect();
+            let moved = self.store.release_lines(&reservation_id, Status::Held, &per_line, true, reason).await?;
             if !moved {
                 // Only the caller that removed the hold can end it this way; say so if it differs.
                 tracing::error!(%reservation_id, "released a hold whose record had already moved on");
@@ -249,7 +360,7 @@ impl Reservations {
             return Ok((self.load(&reservation_id).await?, released.hold_units));
         }
         let state = self.engine.hold_state(&reservation_id, &cells).await?;
-        if state.committed_cells > 0 {
+        if state.committed_cells() > 0 {
             // A confirm won the race in the counters; wait for its record, then cancel it.
             return match self.wait_while_held(&reservation_id, 100).await? {
                 Some(current) if current.status == Status::Confirmed => self.cancel_commitment(current, reason).await,
@@ -278,7 +389,8 @@ impl Reservations {
         reason: &str,
     ) -> ReservationResult<(StoredReservation, i64)> {
         let reservation_id = reservation.reservation_id.clone();
-        let released = self.engine.release(&reservation_id, ReleasePart::Commitment, &reservation.cells()).await?;
+        let cells = reservation.cells();
+        let released = self.engine.release(&reservation_id, ReleasePart::Commitment, &cells).await?;
         if released.committed_units == 0 {
             let current = self.load(&reservation_id).await?;
             if current.status != Status::Confirmed {
@@ -289,74 +401,141 @@ impl Reservations {
                 format!("reservation {reservation_id} has no unshipped units to release"),
             ));
         }
-        self.store
-            .transition(
-                &reservation_id,
-                &[Status::Confirmed],
-                Status::Released,
-                reason,
-                None,
-                released.committed_units,
-                None,
-            )
-            .await?;
+        let per_line: Vec<(Cell, i64)> = cells.iter().cloned().zip(released.per_cell.iter().copied()).collect();
+        self.store.release_lines(&reservation_id, Status::Confirmed, &per_line, true, reason).await?;
         Ok((self.load(&reservation_id).await?, released.committed_units))
     }
 
-    /// Records holds whose deadline passed as EXPIRED and settles stale claims. Returns how many
-    /// reservations it settled.
-    pub async fn sweep(&self) -> ReservationResult<usize> {
-        let now = crate::store::now_ms();
-        let mut settled = 0;
-        for reservation_id in self.store.held_past_deadline(now, 500).await? {
-            let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
-            let cells: Vec<Cell> = reservation.cells();
-            let state = self.engine.hold_state(&reservation_id, &cells).await?;
-            if state.live_cells > 0 {
-                continue; // not expired yet by the counter store's clock
-            }
-            if state.committed_cells == cells.len() {
-                // Confirmed in the counters but the record was not written (crash): record it.
-                self.store
-                    .transition(
-                        &reservation_id,
-                        &[Status::Held],
-                        Status::Confirmed,
-                        "confirmed (recovered)",
-                        None,
-                        0,
-                        None,
-                    )
-                    .await?;
-            } else {
-                self.store
-                    .transition(&reservation_id, &[Status::Held], Status::Expired, "expired", None, 0, None)
-                    .await?;
-            }
-            settled += 1;
+    /// Moves a live hold's deadline to now + `ttl_ms` (never earlier), capped at its hold limit.
+    pub async fn extend(&self, reservation_id: &str, ttl_ms: u64) -> ReservationResult<Extended> {
+        let reservation = self.load(reservation_id).await?;
+        match reservation.status {
+            Status::Held => {}
+            Status::Pending => return Err(ReservationError::InProgress(reservation_id.to_owned())),
+            status => return Err(ended(reservation_id, status)),
         }
-        for reservation_id in self.store.stale_claims(now - 30_000, 100).await? {
+        let cells = reservation.cells();
+        match self.engine.extend(reservation_id, &cells, ttl_ms, reservation.hold_limit_ms).await? {
+            ExtendOutcome::Extended { expires_at_ms, now_ms } => {
+                let capped = now_ms.saturating_add(ttl_ms as i64) > reservation.hold_limit_ms;
+                if capped && expires_at_ms <= reservation.expires_at_ms {
+                    return Err(ReservationError::refused(
+                        "HOLD_LIMIT_REACHED",
+                        format!(
+                            "hold {reservation_id} already lasts until its limit ({} ms after it was created)",
+                            self.max_hold_time_ms
+                        ),
+                    ));
+                }
+                if expires_at_ms != reservation.expires_at_ms {
+                    let reason = format!("extended to {expires_at_ms}{}", if capped { " (capped)" } else { "" });
+                    self.store.set_deadline(reservation_id, expires_at_ms, &reason).await?;
+                }
+                Ok(Extended { reservation: self.load(reservation_id).await?, capped })
+            }
+            ExtendOutcome::HoldMissing { now_ms } => {
+                if now_ms >= reservation.expires_at_ms {
+                    self.expire(&reservation, "expired before extend").await?;
+                    return Err(ReservationError::refused(
+                        "HOLD_EXPIRED",
+                        format!("hold {reservation_id} expired before it was extended"),
+                    ));
+                }
+                if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
+                    return Err(ended(reservation_id, current.status));
+                }
+                Err(ReservationError::refused(
+                    "HOLD_LOST",
+                    format!("hold {reservation_id} is not in the counter store (its data was lost)"),
+                ))
+            }
+        }
+    }
+
+    /// Records holds whose deadline passed as EXPIRED (in batches: one snapshot per SKU slot and one
+    /// transaction per batch, so 10,000 holds expiring at once are settled in one or two sweeps),
+    /// recovers confirms a crash left unrecorded, and settles stale claims.
+    pub async fn sweep(&self) -> ReservationResult<Sweep> {
+        let now = crate::store::now_ms();
+        let mut sweep = Sweep::default();
+        let due = self.store.held_past_deadline_with_lines(now, SWEEP_BATCH).await?;
+        if !due.is_empty() {
+            let mut skus: Vec<String> = due.iter().flat_map(|(_, _, cells)| cells.iter().map(|c| c.sku.clone())).collect();
+            skus.sort();
+            skus.dedup();
+            let mut live: HashSet<(String, Cell)> = HashSet::new();
+            let mut committed: HashSet<(String, Cell)> = HashSet::new();
+            let mut live_holds_total = 0usize;
+            for chunk in skus.chunks(200) {
+                for snapshot in self.engine.snapshot(chunk).await? {
+                    live_holds_total += snapshot.holds.len();
+                    for hold in snapshot.holds {
+                        live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
+                    }
+                    for commitment in snapshot.commitments {
+                        committed.insert((commitment.reservation_id, Cell::new(&snapshot.sku, commitment.location)));
+                    }
+                }
+            }
+            let mut expired = Vec::new();
+            for (reservation_id, _, cells) in &due {
+                let key = |c: &Cell| (reservation_id.clone(), c.clone());
+                let live_cells: Vec<&Cell> = cells.iter().filter(|c| live.contains(&key(c))).collect();
+                if !live_cells.is_empty() {
+                    // Extended (or the engine's clock is behind ours): catch the record up.
+                    let state = self.engine.hold_state(reservation_id, cells).await?;
+                    if state.live_cells() > 0 {
+                        self.store.set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up").await?;
+                        continue;
+                    }
+                }
+                if !cells.is_empty() && cells.iter().all(|c| committed.contains(&key(c))) {
+                    // Confirmed in the counters but the record was not written (crash): record it.
+                    self.store
+                        .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None)
+                        .await?;
+                    sweep.recovered += 1;
+                } else {
+                    expired.push(reservation_id.clone());
+                }
+            }
+            sweep.expired = self.store.expire_many(&expired).await?;
+            let ratio = sweep.expired as f64 / (sweep.expired + live_holds_total).max(1) as f64;
+            if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
+                sweep.mass_expiry = true;
+                tracing::error!(
+                    expired = sweep.expired,
+                    still_live = live_holds_total,
+                    "MASS_EXPIRY: one sweep expired more than {:.0}% of the holds it saw; check the counter store's clock",
+                    self.mass_expiry_ratio * 100.0
+                );
+            }
+        }
+        for reservation_id in self.store.stale_claims(now - STALE_CLAIM_MS, 100).await? {
             let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
-            let state = self.engine.hold_state(&reservation_id, &reservation.cells()).await?;
-            if state.live_cells == reservation.lines.len() {
-                self.store
-                    .transition(
-                        &reservation_id,
-                        &[Status::Pending],
-                        Status::Held,
-                        "held (recovered)",
-                        Some(state.earliest_deadline_ms),
-                        0,
-                        None,
-                    )
-                    .await?;
+            let cells = reservation.all_cells();
+            let state = self.engine.hold_state(&reservation_id, &cells).await?;
+            let complete = match reservation.policy {
+                ReservePolicy::AllOrNothing => state.live_cells() == cells.len(),
+                ReservePolicy::Partial => state.live_cells() > 0,
+            };
+            if complete {
+                let held: Vec<CellUnits> = cells
+                    .iter()
+                    .zip(&state.cells)
+                    .map(|(cell, c)| CellUnits { cell: cell.clone(), units: c.held_units })
+                    .collect();
+                let deadline = state.earliest_deadline_ms();
+                let limit = deadline - reservation.ttl_ms + self.max_hold_time_ms;
+                self.store.hold(&reservation_id, deadline, limit, &held, "held (recovered)").await?;
             } else {
-                self.engine.release(&reservation_id, ReleasePart::Hold, &reservation.cells()).await?;
+                // A reserve that crashed between slots, or whose counter step never ran.
+                self.engine.release(&reservation_id, ReleasePart::Hold, &cells).await?;
                 self.store.drop_claim(&reservation_id).await?;
             }
-            settled += 1;
+            sweep.claims_settled += 1;
         }
-        Ok(settled)
+        Ok(sweep)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The reservation service's durable store (sea-orm): one row per reservation (its status, body
-//! digest, deadline), its lines, and its state history. The primary key of the reservation row is
+//! digest, deadline, hold limit), its lines (asked, reserved, released units), its state history,
+//! and the first answer of each keyed request (extends). The primary key of the reservation row is
 //! the idempotency arbiter: the request that inserts it owns the reservation; concurrent duplicates
 //! read it. Every status change is conditional on the status it leaves, so a hold ends exactly once.
 use sea_orm::{
@@ -12,7 +13,7 @@ use crate::{
     domain::{NewReservation, Status},
     error::ReservationResult,
 };
-use mesh_counters::{Cell, CellUnits};
+use mesh_counters::{Cell, CellUnits, ReservePolicy};
 
 pub mod entities {
     //! Table definitions.
@@ -35,6 +36,10 @@ pub mod entities {
             pub detail: String,
             pub created_at_ms: i64,
             pub updated_at_ms: i64,
+            /// ReservePolicy code (0/1 all or nothing, 2 partial).
+            pub policy: i32,
+            /// The latest deadline an extend may reach (engine clock).
+            pub hold_limit_ms: i64,
         }
 
         #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -56,7 +61,37 @@ pub mod entities {
             #[sea_orm(primary_key, auto_increment = false)]
             pub location_id: String,
             pub position: i32,
+            /// Units asked for.
             pub units: i64,
+            /// Units held (then committed); less than asked only under the partial policy.
+            pub reserved_units: i64,
+            /// Units this line gave back when released (the line is released when > 0 or when
+            /// `released` is set).
+            pub released_units: i64,
+            pub released: bool,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    pub mod request {
+        use sea_orm::entity::prelude::*;
+
+        /// The first answer of a keyed request (ExtendReservation), replayed to retries.
+        #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+        #[sea_orm(table_name = "reservation_requests")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub request_id: String,
+            pub reservation_id: String,
+            pub kind: String,
+            pub body_hash: String,
+            /// The encoded response; empty while the first request is still running.
+            pub response: Vec<u8>,
+            pub created_at_ms: i64,
         }
 
         #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -86,7 +121,24 @@ pub mod entities {
     }
 }
 
-use entities::{history, line, reservation};
+use entities::{history, line, request, reservation};
+
+/// One line as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLine {
+    pub cell: Cell,
+    pub requested: i64,
+    pub reserved: i64,
+    pub released_units: i64,
+    pub released: bool,
+}
+
+impl StoredLine {
+    /// Tells whether the line still holds or commits units in the engine.
+    pub fn is_active(&self) -> bool {
+        self.reserved > 0 && !self.released
+    }
+}
 
 /// A reservation as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,15 +152,35 @@ pub struct StoredReservation {
     pub released_units: i64,
     pub detail: String,
     pub created_at_ms: i64,
-    pub lines: Vec<CellUnits>,
+    pub ttl_ms: i64,
+    pub policy: ReservePolicy,
+    pub hold_limit_ms: i64,
+    pub lines: Vec<StoredLine>,
     pub history: Vec<(Status, i64, String)>,
 }
 
 impl StoredReservation {
-    /// The reservation's cells.
+    /// The cells that still hold or commit units in the engine.
     pub fn cells(&self) -> Vec<Cell> {
+        self.lines.iter().filter(|l| l.is_active()).map(|l| l.cell.clone()).collect()
+    }
+
+    /// Every cell the reservation asked for (what a failed or abandoned reserve may have touched).
+    pub fn all_cells(&self) -> Vec<Cell> {
         self.lines.iter().map(|l| l.cell.clone()).collect()
     }
+}
+
+/// Stored policy codes.
+pub fn policy_code(policy: ReservePolicy) -> i32 {
+    match policy {
+        ReservePolicy::AllOrNothing => 1,
+        ReservePolicy::Partial => 2,
+    }
+}
+
+fn policy_from(code: i32) -> ReservePolicy {
+    if code == 2 { ReservePolicy::Partial } else { ReservePolicy::AllOrNothing }
 }
 
 /// The reservation tables.
@@ -118,6 +190,25 @@ pub struct ReservationStore {
 }
 
 pub use service_kit::time::now_ms;
+
+async fn insert_history(
+    txn: &sea_orm::DatabaseTransaction,
+    reservation_id: &str,
+    status: Status,
+    at_ms: i64,
+    reason: &str,
+) -> Result<(), sea_orm::DbErr> {
+    history::Entity::insert(history::ActiveModel {
+        id: NotSet,
+        reservation_id: Set(reservation_id.to_owned()),
+        status: Set(status.code()),
+        at_ms: Set(at_ms),
+        reason: Set(reason.to_owned()),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
 
 impl ReservationStore {
     /// Wraps a connection (migrations already applied).
@@ -141,6 +232,8 @@ impl ReservationStore {
             detail: Set(String::new()),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
+            policy: Set(policy_code(new.policy)),
+            hold_limit_ms: Set(0),
         })
         .exec_without_returning(&txn)
         .await;
@@ -154,6 +247,9 @@ impl ReservationStore {
             location_id: Set(l.cell.location.clone()),
             position: Set(i as i32),
             units: Set(l.units),
+            reserved_units: Set(0),
+            released_units: Set(0),
+            released: Set(false),
         });
         line::Entity::insert_many(lines).exec_without_returning(&txn).await?;
         txn.commit().await?;
@@ -200,9 +296,18 @@ impl ReservationStore {
             released_units: row.released_units,
             detail: row.detail,
             created_at_ms: row.created_at_ms,
+            ttl_ms: row.ttl_ms,
+            policy: policy_from(row.policy),
+            hold_limit_ms: row.hold_limit_ms,
             lines: lines
                 .into_iter()
-                .map(|l| CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units })
+                .map(|l| StoredLine {
+                    cell: Cell::new(l.sku, l.location_id),
+                    requested: l.units,
+                    reserved: l.reserved_units,
+                    released_units: l.released_units,
+                    released: l.released,
+                })
                 .collect(),
             history: history.into_iter().map(|h| (Status::from_code(h.status), h.at_ms, h.reason)).collect(),
         }))
@@ -243,15 +348,15 @@ impl ReservationStore {
         if result.rows_affected != 1 {
             return Ok(false);
         }
-        history::Entity::insert(history::ActiveModel {
-            id: NotSet,
-            reservation_id: Set(reservation_id.to_owned()),
-            status: Set(to.code()),
-            at_ms: Set(now),
-            reason: Set(reason.to_owned()),
-        })
-        .exec_without_returning(&txn)
-        .await?;
+        if to == Status::Released || to == Status::Expired {
+            // The lines hold nothing any more.
+            line::Entity::update_many()
+                .col_expr(line::Column::Released, Expr::value(true))
+                .filter(line::Column::ReservationId.eq(reservation_id))
+                .exec(&txn)
+                .await?;
+        }
+        insert_history(&txn, reservation_id, to, now, reason).await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -284,7 +389,212 @@ impl ReservationStore {
             .await?)
     }
 
-    /// Every line of reservations in the given statuses: (reservation id, status, deadline, line).
+    /// Records a held reservation: PENDING → HELD with its deadline, hold limit and the units each
+    /// line holds. Returns false when it was no longer PENDING.
+    pub async fn hold(
+        &self,
+        reservation_id: &str,
+        expires_at_ms: i64,
+        hold_limit_ms: i64,
+        held: &[CellUnits],
+        reason: &str,
+    ) -> ReservationResult<bool> {
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let result = reservation::Entity::update_many()
+            .col_expr(reservation::Column::Status, Expr::value(Status::Held.code()))
+            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
+            .col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms))
+            .col_expr(reservation::Column::HoldLimitMs, Expr::value(hold_limit_ms))
+            .filter(reservation::Column::ReservationId.eq(reservation_id))
+            .filter(reservation::Column::Status.eq(Status::Pending.code()))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        for line in held {
+            line::Entity::update_many()
+                .col_expr(line::Column::ReservedUnits, Expr::value(line.units))
+                .filter(line::Column::ReservationId.eq(reservation_id))
+                .filter(line::Column::Sku.eq(&line.cell.sku))
+                .filter(line::Column::LocationId.eq(&line.cell.location))
+                .exec(&txn)
+                .await?;
+        }
+        insert_history(&txn, reservation_id, Status::Held, now, reason).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Records lines given back while the reservation stays in `status` (units per cell), and
+    /// moves it to RELEASED when `ends` is set. Returns false when its status was no longer `status`.
+    pub async fn release_lines(
+        &self,
+        reservation_id: &str,
+        status: Status,
+        released: &[(Cell, i64)],
+        ends: bool,
+        reason: &str,
+    ) -> ReservationResult<bool> {
+        let now = now_ms();
+        let total: i64 = released.iter().map(|(_, units)| units).sum();
+        let txn = self.db.begin().await?;
+        let to = if ends { Status::Released } else { status };
+        let result = reservation::Entity::update_many()
+            .col_expr(reservation::Column::Status, Expr::value(to.code()))
+            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
+            .col_expr(reservation::Column::ReleasedUnits, Expr::col(reservation::Column::ReleasedUnits).add(total))
+            .filter(reservation::Column::ReservationId.eq(reservation_id))
+            .filter(reservation::Column::Status.eq(status.code()))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        for (cell, units) in released {
+            line::Entity::update_many()
+                .col_expr(line::Column::ReleasedUnits, Expr::col(line::Column::ReleasedUnits).add(*units))
+                .col_expr(line::Column::Released, Expr::value(true))
+                .filter(line::Column::ReservationId.eq(reservation_id))
+                .filter(line::Column::Sku.eq(&cell.sku))
+                .filter(line::Column::LocationId.eq(&cell.location))
+                .exec(&txn)
+                .await?;
+        }
+        let names: Vec<String> = released.iter().map(|(c, _)| format!("{}@{}", c.sku, c.location)).collect();
+        let text = if ends { reason.to_owned() } else { format!("{reason}: lines {}", names.join(", ")) };
+        insert_history(&txn, reservation_id, to, now, &text).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Moves a held reservation's deadline (an extend, or the sweeper catching up with one).
+    pub async fn set_deadline(&self, reservation_id: &str, expires_at_ms: i64, reason: &str) -> ReservationResult<bool> {
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let result = reservation::Entity::update_many()
+            .col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms))
+            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
+            .filter(reservation::Column::ReservationId.eq(reservation_id))
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        insert_history(&txn, reservation_id, Status::Held, now, reason).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Records many held reservations as EXPIRED in one transaction (the sweeper's batch). Returns
+    /// how many moved (one still HELD only).
+    pub async fn expire_many(&self, reservation_ids: &[String]) -> ReservationResult<usize> {
+        if reservation_ids.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let moved = reservation::Entity::update_many()
+            .col_expr(reservation::Column::Status, Expr::value(Status::Expired.code()))
+            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
+            .filter(reservation::Column::ReservationId.is_in(reservation_ids.iter().cloned()))
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .exec_with_returning(&txn)
+            .await?;
+        if !moved.is_empty() {
+            let rows = moved.iter().map(|row| history::ActiveModel {
+                id: NotSet,
+                reservation_id: Set(row.reservation_id.clone()),
+                status: Set(Status::Expired.code()),
+                at_ms: Set(now),
+                reason: Set("expired".to_owned()),
+            });
+            history::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(moved.len())
+    }
+
+    /// Held reservations whose deadline passed, with their lines, oldest first (one query each).
+    pub async fn held_past_deadline_with_lines(
+        &self,
+        now_ms: i64,
+        limit: u64,
+    ) -> ReservationResult<Vec<(String, i64, Vec<Cell>)>> {
+        let rows = reservation::Entity::find()
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .filter(reservation::Column::ExpiresAtMs.lte(now_ms))
+            .order_by_asc(reservation::Column::ExpiresAtMs)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.reservation_id.clone()).collect();
+        let mut cells: std::collections::HashMap<String, Vec<Cell>> = Default::default();
+        for chunk in ids.chunks(500) {
+            let lines = line::Entity::find()
+                .filter(line::Column::ReservationId.is_in(chunk.iter().cloned()))
+                .filter(line::Column::ReservedUnits.gt(0))
+                .filter(line::Column::Released.eq(false))
+                .all(&self.db)
+                .await?;
+            for l in lines {
+                cells.entry(l.reservation_id).or_default().push(Cell::new(l.sku, l.location_id));
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let cells = cells.remove(&r.reservation_id).unwrap_or_default();
+                (r.reservation_id, r.expires_at_ms, cells)
+            })
+            .collect())
+    }
+
+    /// Claims a keyed request. Returns None when this call owns it, or the stored row (whose
+    /// response is empty while its owner is still running).
+    pub async fn claim_request(
+        &self,
+        request_id: &str,
+        reservation_id: &str,
+        kind: &str,
+        body_hash: &str,
+    ) -> ReservationResult<Option<request::Model>> {
+        let inserted = request::Entity::insert(request::ActiveModel {
+            request_id: Set(request_id.to_owned()),
+            reservation_id: Set(reservation_id.to_owned()),
+            kind: Set(kind.to_owned()),
+            body_hash: Set(body_hash.to_owned()),
+            response: Set(Vec::new()),
+            created_at_ms: Set(now_ms()),
+        })
+        .exec_without_returning(&self.db)
+        .await;
+        if inserted.is_ok() {
+            return Ok(None);
+        }
+        Ok(request::Entity::find_by_id(request_id.to_owned()).one(&self.db).await?)
+    }
+
+    /// Stores the first answer of a keyed request.
+    pub async fn finish_request(&self, request_id: &str, response: Vec<u8>) -> ReservationResult<()> {
+        request::Entity::update_many()
+            .col_expr(request::Column::Response, Expr::value(response))
+            .filter(request::Column::RequestId.eq(request_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a keyed request that failed (a retry runs it afresh).
+    pub async fn drop_request(&self, request_id: &str) -> ReservationResult<()> {
+        request::Entity::delete_by_id(request_id.to_owned()).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Every active line of reservations in the given statuses: (reservation id, status, deadline,
+    /// line with the units it holds or commits; a PENDING claim's lines as asked).
     pub async fn lines_in_status(
         &self,
         statuses: &[Status],
@@ -303,12 +613,12 @@ impl ReservationStore {
             let lines = line::Entity::find().filter(line::Column::ReservationId.is_in(ids)).all(&self.db).await?;
             for l in lines {
                 let (status, deadline) = by_id[&l.reservation_id];
-                out.push((
-                    l.reservation_id,
-                    status,
-                    deadline,
-                    CellUnits { cell: Cell::new(l.sku, l.location_id), units: l.units },
-                ));
+                // A PENDING claim has reserved nothing yet: report what it asked for.
+                let units = if status == Status::Pending { l.units } else { l.reserved_units };
+                if units == 0 || l.released {
+                    continue;
+                }
+                out.push((l.reservation_id, status, deadline, CellUnits { cell: Cell::new(l.sku, l.location_id), units }));
             }
         }
         Ok(out)

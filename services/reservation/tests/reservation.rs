@@ -28,7 +28,7 @@ async fn reserve_concurrently(
                 client
                     .create_reservation(rv::CreateReservationRequest {
                         reservation_id: id,
-                        lines: vec![rv::ReservationLine { sku, location_id: "L1".into(), quantity_units: units }],
+                        lines: vec![rv::ReservationLine { sku, location_id: "L1".into(), quantity_units: units, ..Default::default() }],
                         ttl_ms: TTL,
                         ..Default::default()
                     })
@@ -121,7 +121,7 @@ backend_tests!(one_request_naming_a_cell_twice_is_summed_b04, |mesh: &TestMesh| 
     assert!(refused.message().contains("A@L1 requested 6, available 5"), "{}", refused.message());
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
     let held = mesh.reserve("s2", &[("A", "L1", 2), ("A", "L1", 3)], TTL).await.unwrap();
-    assert_eq!(held.lines, vec![rv::ReservationLine { sku: "A".into(), location_id: "L1".into(), quantity_units: 5 }]);
+    assert_eq!(held.lines, vec![rv::ReservationLine { sku: "A".into(), location_id: "L1".into(), quantity_units: 5, reserved_units: 5, short_units: 0, released_units: 0 }]);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 5, 0, 0));
     // Step 4: 50 on hand, 20 committed, an order with lines (A,10) and (A,5) → committed 35.
     mesh.receive("B", "L1", 50).await;
@@ -218,7 +218,7 @@ backend_tests!(a_client_that_gave_up_retries_with_its_key_and_gets_one_hold_b08,
         // The first attempt gives up almost at once: the server may or may not have committed.
         let mut hurried = tonic::Request::new(rv::CreateReservationRequest {
             reservation_id: key.clone(),
-            lines: vec![rv::ReservationLine { sku: sku.clone(), location_id: "L1".into(), quantity_units: 4 }],
+            lines: vec![rv::ReservationLine { sku: sku.clone(), location_id: "L1".into(), quantity_units: 4, ..Default::default() }],
             ttl_ms: TTL,
             ..Default::default()
         });
@@ -308,7 +308,7 @@ backend_tests!(every_ending_releases_once_and_a_split_cancel_frees_every_cell_b1
         let released = mesh
             .reservation
             .clone()
-            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: why as i32 })
+            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: why as i32, lines: Vec::new() })
             .await
             .unwrap()
             .into_inner();
@@ -447,7 +447,7 @@ backend_tests!(confirm_racing_release_ends_the_hold_exactly_once, |mesh: &TestMe
         });
         let release = tokio::spawn(async move {
             b2.wait().await;
-            b.release_reservation(rv::ReleaseReservationRequest { reservation_id: id2, reason: 0 })
+            b.release_reservation(rv::ReleaseReservationRequest { reservation_id: id2, reason: 0, lines: Vec::new() })
                 .await
                 .map(|r| r.into_inner())
         });
@@ -484,7 +484,7 @@ backend_tests!(far_future_times_and_unknown_reasons_are_invalid_arguments, |mesh
     let error = mesh
         .reservation
         .clone()
-        .release_reservation(rv::ReleaseReservationRequest { reservation_id: "f".into(), reason: 99 })
+        .release_reservation(rv::ReleaseReservationRequest { reservation_id: "f".into(), reason: 99, lines: Vec::new() })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
@@ -504,7 +504,7 @@ backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, |mesh
                 tokio::spawn(async move {
                     barrier.wait().await;
                     client
-                        .release_reservation(rv::ReleaseReservationRequest { reservation_id: id, reason: 0 })
+                        .release_reservation(rv::ReleaseReservationRequest { reservation_id: id, reason: 0, lines: Vec::new() })
                         .await
                         .map(|r| r.into_inner())
                 })

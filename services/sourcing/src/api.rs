@@ -12,7 +12,7 @@ use mesh_proto::{
         GetChannelAtpRequest, ListLocationsRequest, availability_service_client::AvailabilityServiceClient,
     },
     reservation::v1::{
-        CreateReservationRequest, GetReservationRequest, ReservationLine, ReservationStatus,
+        CreateReservationRequest, ReservePolicy, GetReservationRequest, ReservationLine, ReservationStatus,
         reservation_service_client::ReservationServiceClient,
     },
     sourcing::v1::{self as pb, sourcing_service_server::SourcingService},
@@ -305,6 +305,7 @@ impl SourcingApi {
                             sku: l.sku.clone(),
                             location_id: s.location_id.clone(),
                             quantity_units: l.quantity_units,
+                            ..Default::default()
                         })
                     })
                     .collect();
@@ -314,6 +315,8 @@ impl SourcingApi {
                     lines,
                     ttl_ms: request.hold_ttl_ms,
                     channel_id: order.channel_id.clone(),
+                    // The plan was made from availability: hold all of it or re-plan.
+                    policy: ReservePolicy::AllOrNothing as i32,
                 };
                 let call =
                     context.request(create, self.call_timeout).map_err(|s| SourcingError::peer("reservation", &s))?;

@@ -3,7 +3,8 @@
 -- back), and a shipment naming a reservation moves up to `units` of its commitment to shipped.
 -- KEYS: 4 (one SKU group).  ARGV: [1] location, [2] on_hand, [3] version, [4] reservation id or '',
 -- [5] units to fulfil.
--- Returns {on_hand, held, committed, safety, fulfilled_units}.
+-- Returns {on_hand, held, committed, safety, fulfilled_units}; an error COUNTERS_LOST when the cell
+-- had earlier positions (version > 1) that Redis does not know.
 -- on_hand is written as the caller's decimal string: a Lua number would be stored as "1e+15".
 local loc, on_hand, version = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local reservation_id, fulfil_units = ARGV[4], tonumber(ARGV[5])
@@ -12,6 +13,12 @@ purge_all_groups(now)
 
 local cells = key_of(1, 1)
 local current_version = tonumber(redis.call('HGET', cells, 'v:' .. loc) or '-1')
+if current_version < 0 and version > 1 then
+  -- The ledger had earlier positions of this cell that Redis does not know: its data was lost
+  -- (FLUSHALL, a restart without persistence, a foreign instance). Writing on_hand now would
+  -- promise units whose holds and commitments are gone, so refuse until it is rebuilt.
+  return redis.error_reply('COUNTERS_LOST cell ' .. loc .. ' has no counters; run inventory-mesh rebuild')
+end
 if version > current_version then
   redis.call('HSET', cells, 'oh:' .. loc, on_hand, 'v:' .. loc, ARGV[3])
 end
