@@ -123,7 +123,14 @@ async fn an_embedded_mesh_restarted_on_its_sqlite_file_rebuilds_its_counters() {
         })
         .await
         .unwrap();
-    let line = |units| vec![rv::ReservationLine { sku: "A".into(), location_id: "L1".into(), quantity_units: units, ..Default::default() }];
+    let line = |units| {
+        vec![rv::ReservationLine {
+            sku: "A".into(),
+            location_id: "L1".into(),
+            quantity_units: units,
+            ..Default::default()
+        }]
+    };
     for (id, units) in [("held", 2), ("confirmed", 3), ("shipped", 4)] {
         reservation
             .create_reservation(rv::CreateReservationRequest {

@@ -250,6 +250,9 @@ impl MemoryEngine {
         let names: Vec<&str> = cells.iter().map(|c| c.sku.as_str()).collect();
         self.with_skus(&names, |state, now| {
             let key = |cell: &Cell| (reservation_id.to_owned(), cell.location.clone());
+            if cells.is_empty() {
+                return ConfirmOutcome::HoldMissing { now_ms: now };
+            }
             let live = cells.iter().filter(|c| state[&c.sku].holds.contains_key(&key(c))).count();
             let committed = cells.iter().filter(|c| state[&c.sku].commitments.contains_key(&key(c))).count();
             if live < cells.len() {
@@ -305,7 +308,11 @@ impl MemoryEngine {
                     let key = (reservation_id.to_owned(), cell.location.clone());
                     let sku = &state[&cell.sku];
                     let (held_units, deadline_ms) = sku.holds.get(&key).copied().unwrap_or((0, 0));
-                    CellHold { held_units, deadline_ms, committed_units: sku.commitments.get(&key).copied().unwrap_or(0) }
+                    CellHold {
+                        held_units,
+                        deadline_ms,
+                        committed_units: sku.commitments.get(&key).copied().unwrap_or(0),
+                    }
                 })
                 .collect(),
             now_ms: now,
@@ -316,7 +323,7 @@ impl MemoryEngine {
         let names: Vec<&str> = cells.iter().map(|c| c.sku.as_str()).collect();
         self.with_skus(&names, |state, now| {
             let key = |cell: &Cell| (reservation_id.to_owned(), cell.location.clone());
-            if cells.iter().any(|c| !state[&c.sku].holds.contains_key(&key(c))) {
+            if cells.is_empty() || cells.iter().any(|c| !state[&c.sku].holds.contains_key(&key(c))) {
                 return ExtendOutcome::HoldMissing { now_ms: now };
             }
             let wanted = now.saturating_add(ttl_ms as i64).min(cap_ms);

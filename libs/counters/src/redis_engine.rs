@@ -403,7 +403,9 @@ impl RedisEngine {
         }
         let values = self.run(&invocation).await?;
         let sku_of = |group: i64| {
-            skus.get((group as usize).wrapping_sub(1)).cloned().ok_or_else(|| CounterError::Protocol("bad group".into()))
+            skus.get((group as usize).wrapping_sub(1))
+                .cloned()
+                .ok_or_else(|| CounterError::Protocol("bad group".into()))
         };
         match int(&values, 0)? {
             1 => {
@@ -434,6 +436,10 @@ impl RedisEngine {
     }
 
     pub(crate) async fn confirm(&self, reservation_id: &str, cells: &[Cell]) -> CounterResult<ConfirmOutcome> {
+        if cells.is_empty() {
+            let values = self.run_cells(&HOLD_STATE, reservation_id, &[], &[]).await?;
+            return Ok(ConfirmOutcome::HoldMissing { now_ms: int(&values, 0)? });
+        }
         let groups = self.cell_groups(cells);
         let mut confirmed: Vec<Vec<Cell>> = Vec::new();
         let mut already = 0;
@@ -469,6 +475,10 @@ impl RedisEngine {
         ttl_ms: u64,
         cap_ms: i64,
     ) -> CounterResult<ExtendOutcome> {
+        if cells.is_empty() {
+            let values = self.run_cells(&HOLD_STATE, reservation_id, &[], &[]).await?;
+            return Ok(ExtendOutcome::HoldMissing { now_ms: int(&values, 0)? });
+        }
         let mut earliest = i64::MAX;
         let mut now_ms = 0;
         for group in self.cell_groups(cells) {

@@ -395,8 +395,18 @@ async fn a_cell_whose_counters_were_lost_refuses_physical_changes_until_rebuilt(
             .restore(&SkuRestore {
                 sku: "A".into(),
                 cells: vec![("L1".into(), 9, 3, 1)],
-                holds: vec![Entry { reservation_id: "h".into(), location: "L1".into(), units: 2, deadline_ms: 4_000_000_000_000 }],
-                commitments: vec![Entry { reservation_id: "c".into(), location: "L1".into(), units: 3, deadline_ms: 0 }],
+                holds: vec![Entry {
+                    reservation_id: "h".into(),
+                    location: "L1".into(),
+                    units: 2,
+                    deadline_ms: 4_000_000_000_000,
+                }],
+                commitments: vec![Entry {
+                    reservation_id: "c".into(),
+                    location: "L1".into(),
+                    units: 3,
+                    deadline_ms: 0,
+                }],
             })
             .await
             .unwrap();
@@ -407,8 +417,18 @@ async fn a_cell_whose_counters_were_lost_refuses_physical_changes_until_rebuilt(
             .restore(&SkuRestore {
                 sku: "A".into(),
                 cells: vec![("L1".into(), 9, 3, 1)],
-                holds: vec![Entry { reservation_id: "h".into(), location: "L1".into(), units: 2, deadline_ms: 4_000_000_000_000 }],
-                commitments: vec![Entry { reservation_id: "c".into(), location: "L1".into(), units: 3, deadline_ms: 0 }],
+                holds: vec![Entry {
+                    reservation_id: "h".into(),
+                    location: "L1".into(),
+                    units: 2,
+                    deadline_ms: 4_000_000_000_000,
+                }],
+                commitments: vec![Entry {
+                    reservation_id: "c".into(),
+                    location: "L1".into(),
+                    units: 3,
+                    deadline_ms: 0,
+                }],
             })
             .await
             .unwrap();
@@ -426,8 +446,10 @@ async fn the_partial_policy_holds_what_is_there_and_says_what_is_short() {
         stock(e, "A", 5).await;
         stock(e, "B", 1).await;
         // C has nothing at all.
-        let outcome =
-            e.reserve_with("p", &[line("A", 3), line("B", 4), line("C", 2)], 60_000, ReservePolicy::Partial).await.unwrap();
+        let outcome = e
+            .reserve_with("p", &[line("A", 3), line("B", 4), line("C", 2)], 60_000, ReservePolicy::Partial)
+            .await
+            .unwrap();
         let ReserveOutcome::Held { held, .. } = outcome else { panic!("{}: {outcome:?}", s.name) };
         assert_eq!(held, vec![line("A", 3), line("B", 1), line("C", 0)], "{}", s.name);
         assert_eq!(counters(e, "A").await, counts(3, 0, 5), "{}", s.name);
@@ -468,9 +490,17 @@ async fn extend_moves_the_deadline_never_the_units_and_never_past_the_cap_b17() 
         assert_eq!(counters(e, "A").await.held, 1, "{}", s.name);
         // The cap wins over the asked TTL; a shorter TTL never moves the deadline back.
         let capped = e.extend("h3", &[cell("A")], 600_000, expires_at_ms + 500).await.unwrap();
-        assert!(matches!(capped, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500), "{}: {capped:?}", s.name);
+        assert!(
+            matches!(capped, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500),
+            "{}: {capped:?}",
+            s.name
+        );
         let shorter = e.extend("h3", &[cell("A")], 1, expires_at_ms + 500).await.unwrap();
-        assert!(matches!(shorter, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500), "{}: {shorter:?}", s.name);
+        assert!(
+            matches!(shorter, ExtendOutcome::Extended { expires_at_ms: d, .. } if d == expires_at_ms + 500),
+            "{}: {shorter:?}",
+            s.name
+        );
         assert!(matches!(e.confirm("h3", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
         // An expired hold cannot be extended.
         stock(e, "B", 1).await;
@@ -504,12 +534,18 @@ async fn a_multi_slot_reserve_gives_back_earlier_slots_when_a_later_one_is_short
             stock(e, sku, 1).await;
         }
         stock(e, &c, 1).await;
-        let lines = [CellUnits { cell: Cell::new(&a, "L1"), units: 1 }, CellUnits { cell: Cell::new(&b, "L1"), units: 1 }, CellUnits { cell: Cell::new(&c, "L2"), units: 1 }];
+        let lines = [
+            CellUnits { cell: Cell::new(&a, "L1"), units: 1 },
+            CellUnits { cell: Cell::new(&b, "L1"), units: 1 },
+            CellUnits { cell: Cell::new(&c, "L2"), units: 1 },
+        ];
         // C@L2 has nothing (the stock is at L1): the whole reserve fails, nothing stays held.
         let outcome = e.reserve("o8", &lines, 60_000).await.unwrap();
         assert_eq!(
             outcome,
-            ReserveOutcome::Insufficient { shortages: vec![Shortage { cell: Cell::new(&c, "L2"), requested: 1, available: 0 }] },
+            ReserveOutcome::Insufficient {
+                shortages: vec![Shortage { cell: Cell::new(&c, "L2"), requested: 1, available: 0 }]
+            },
             "{}",
             s.name
         );
@@ -517,7 +553,11 @@ async fn a_multi_slot_reserve_gives_back_earlier_slots_when_a_later_one_is_short
             assert_eq!(e.read_cells(&[Cell::new(sku, "L1")]).await.unwrap()[0].held, 0, "{} {sku}", s.name);
         }
         // With C@L1 instead it holds all three, each in its own slot's script, and confirms them all.
-        let lines = [CellUnits { cell: Cell::new(&a, "L1"), units: 1 }, CellUnits { cell: Cell::new(&b, "L1"), units: 1 }, CellUnits { cell: Cell::new(&c, "L1"), units: 1 }];
+        let lines = [
+            CellUnits { cell: Cell::new(&a, "L1"), units: 1 },
+            CellUnits { cell: Cell::new(&b, "L1"), units: 1 },
+            CellUnits { cell: Cell::new(&c, "L1"), units: 1 },
+        ];
         assert!(matches!(e.reserve("o8b", &lines, 60_000).await.unwrap(), ReserveOutcome::Held { .. }), "{}", s.name);
         let cells: Vec<Cell> = lines.iter().map(|l| l.cell.clone()).collect();
         assert!(matches!(e.confirm("o8b", &cells).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);

@@ -2,13 +2,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use mesh_counters::{Cell, CellUnits, ReservePolicy};
-use prost::Message;
-use sha2::{Digest, Sha256};
 use mesh_proto::{
     common::v1::{CellRef, CounterDifference},
     reservation::v1::{self as pb, reservation_service_server::ReservationService},
 };
+use prost::Message;
 use service_kit::{error::validate_id, invalid_argument, time::to_timestamp as timestamp};
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::{

@@ -9,7 +9,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261203_000001_create_tables::Migration), Box::new(m20261203_000002_policy_extend_lines::Migration)]
+        vec![
+            Box::new(m20261203_000001_create_tables::Migration),
+            Box::new(m20261203_000002_policy_extend_lines::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

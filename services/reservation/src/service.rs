@@ -5,7 +5,9 @@
 //! state: a stale claim becomes HELD (its holds are all there) or is released and dropped.
 use std::{collections::HashSet, time::Duration};
 
-use mesh_counters::{Cell, CellUnits, ConfirmOutcome, CounterEngine, ExtendOutcome, ReleasePart, ReserveOutcome, ReservePolicy};
+use mesh_counters::{
+    Cell, CellUnits, ConfirmOutcome, CounterEngine, ExtendOutcome, ReleasePart, ReserveOutcome, ReservePolicy,
+};
 
 use crate::{
     demand::DemandSender,
@@ -193,6 +195,14 @@ impl Reservations {
                 status => return Err(ended(reservation_id, status)),
             }
             let cells = reservation.cells();
+            if cells.is_empty() {
+                // Read between a concurrent release's status and line updates: wait for its record.
+                if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
+                    reservation = current;
+                    continue;
+                }
+                return Err(ReservationError::InProgress(reservation_id.to_owned()));
+            }
             let outcome = self.engine.confirm(reservation_id, &cells).await?;
             match outcome {
                 ConfirmOutcome::Confirmed { .. } => return self.record_confirm(reservation, occurred_at_ms).await,
@@ -226,7 +236,11 @@ impl Reservations {
                     // Released (in whole or in part) by a concurrent call whose record may trail
                     // by a moment, or lost with the counter store's data.
                     let current = self.load(reservation_id).await?;
-                    if current.status == Status::Held && current.cells() != cells && attempt < 2 {
+                    if current.status == Status::Held
+                        && !current.cells().is_empty()
+                        && current.cells() != cells
+                        && attempt < 2
+                    {
                         reservation = current; // some lines were released meanwhile: confirm the rest
                         continue;
                     }
@@ -238,7 +252,9 @@ impl Reservations {
                     }
                     return Err(ReservationError::refused(
                         "HOLD_LOST",
-                        format!("hold {reservation_id} is not in the counter store (its data was lost); it cannot be confirmed"),
+                        format!(
+                            "hold {reservation_id} is not in the counter store (its data was lost); it cannot be confirmed"
+                        ),
                     ));
                 }
             }
@@ -254,8 +270,10 @@ impl Reservations {
         let reservation_id = reservation.reservation_id.as_str();
         // The counters hold the commitment now; a release can no longer take it (it only releases
         // holds of held records), so this transition is ours unless a duplicate confirm recorded it.
-        let moved =
-            self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None).await?;
+        let moved = self
+            .store
+            .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
+            .await?;
         let mut current = self.load(reservation_id).await?;
         let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
         let Some(confirmed_at) = confirmed_at else {
@@ -279,7 +297,9 @@ impl Reservations {
     /// later deadline kept alive on another slot (so an EXPIRED record never leaves units held).
     async fn expire(&self, reservation: &StoredReservation, reason: &str) -> ReservationResult<()> {
         self.engine.release(&reservation.reservation_id, ReleasePart::Hold, &reservation.cells()).await?;
-        self.store.transition(&reservation.reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None).await?;
+        self.store
+            .transition(&reservation.reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None)
+            .await?;
         Ok(())
     }
 
@@ -415,6 +435,9 @@ impl Reservations {
             status => return Err(ended(reservation_id, status)),
         }
         let cells = reservation.cells();
+        if cells.is_empty() {
+            return Err(ReservationError::InProgress(reservation_id.to_owned()));
+        }
         match self.engine.extend(reservation_id, &cells, ttl_ms, reservation.hold_limit_ms).await? {
             ExtendOutcome::Extended { expires_at_ms, now_ms } => {
                 let capped = now_ms.saturating_add(ttl_ms as i64) > reservation.hold_limit_ms;
@@ -460,7 +483,8 @@ impl Reservations {
         let mut sweep = Sweep::default();
         let due = self.store.held_past_deadline_with_lines(now, SWEEP_BATCH).await?;
         if !due.is_empty() {
-            let mut skus: Vec<String> = due.iter().flat_map(|(_, _, cells)| cells.iter().map(|c| c.sku.clone())).collect();
+            let mut skus: Vec<String> =
+                due.iter().flat_map(|(_, _, cells)| cells.iter().map(|c| c.sku.clone())).collect();
             skus.sort();
             skus.dedup();
             let mut live: HashSet<(String, Cell)> = HashSet::new();
@@ -485,14 +509,24 @@ impl Reservations {
                     // Extended (or the engine's clock is behind ours): catch the record up.
                     let state = self.engine.hold_state(reservation_id, cells).await?;
                     if state.live_cells() > 0 {
-                        self.store.set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up").await?;
+                        self.store
+                            .set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up")
+                            .await?;
                         continue;
                     }
                 }
                 if !cells.is_empty() && cells.iter().all(|c| committed.contains(&key(c))) {
                     // Confirmed in the counters but the record was not written (crash): record it.
                     self.store
-                        .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None)
+                        .transition(
+                            reservation_id,
+                            &[Status::Held],
+                            Status::Confirmed,
+                            "confirmed (recovered)",
+                            None,
+                            0,
+                            None,
+                        )
                         .await?;
                     sweep.recovered += 1;
                 } else {

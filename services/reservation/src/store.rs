@@ -470,7 +470,12 @@ impl ReservationStore {
     }
 
     /// Moves a held reservation's deadline (an extend, or the sweeper catching up with one).
-    pub async fn set_deadline(&self, reservation_id: &str, expires_at_ms: i64, reason: &str) -> ReservationResult<bool> {
+    pub async fn set_deadline(
+        &self,
+        reservation_id: &str,
+        expires_at_ms: i64,
+        reason: &str,
+    ) -> ReservationResult<bool> {
         let now = now_ms();
         let txn = self.db.begin().await?;
         let result = reservation::Entity::update_many()
@@ -618,7 +623,12 @@ impl ReservationStore {
                 if units == 0 || l.released {
                     continue;
                 }
-                out.push((l.reservation_id, status, deadline, CellUnits { cell: Cell::new(l.sku, l.location_id), units }));
+                out.push((
+                    l.reservation_id,
+                    status,
+                    deadline,
+                    CellUnits { cell: Cell::new(l.sku, l.location_id), units },
+                ));
             }
         }
         Ok(out)

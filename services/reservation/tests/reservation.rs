@@ -28,7 +28,12 @@ async fn reserve_concurrently(
                 client
                     .create_reservation(rv::CreateReservationRequest {
                         reservation_id: id,
-                        lines: vec![rv::ReservationLine { sku, location_id: "L1".into(), quantity_units: units, ..Default::default() }],
+                        lines: vec![rv::ReservationLine {
+                            sku,
+                            location_id: "L1".into(),
+                            quantity_units: units,
+                            ..Default::default()
+                        }],
                         ttl_ms: TTL,
                         ..Default::default()
                     })
@@ -44,7 +49,7 @@ async fn reserve_concurrently(
     results
 }
 
-backend_tests!(two_checkouts_for_the_last_units_exactly_one_wins_b01, |mesh: &TestMesh| async move {
+backend_tests!(two_checkouts_for_the_last_units_exactly_one_wins_b01, cluster, |mesh: &TestMesh| async move {
     for round in 0..100 {
         let sku = format!("A{round}");
         mesh.receive(&sku, "L1", 5).await;
@@ -62,40 +67,44 @@ backend_tests!(two_checkouts_for_the_last_units_exactly_one_wins_b01, |mesh: &Te
     }
 });
 
-backend_tests!(sixty_four_buyers_for_ten_units_exactly_ten_win_and_atp_never_dips_b01, |mesh: &TestMesh| async move {
-    for round in 0..20 {
-        let sku = format!("H{round}");
-        mesh.receive(&sku, "L1", 10).await;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let (mut client, stop, sku) = (mesh.availability.clone(), stop.clone(), sku.clone());
-            tokio::spawn(async move {
-                let mut lowest = i64::MAX;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let cells = client
-                        .get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell(&sku, "L1")] })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .cells;
-                    lowest = lowest.min(cells[0].atp_units);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                lowest
-            })
-        };
-        let results = reserve_concurrently(mesh, (0..64).map(|i| format!("b{round}-{i}")).collect(), &sku, 1).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let lowest = sampler.await.unwrap();
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "round {round}");
-        assert!(
-            results.iter().filter_map(|r| r.as_ref().err()).all(|s| reason(s) == "INSUFFICIENT_STOCK"),
-            "round {round}"
-        );
-        assert_eq!(parts(&mesh.cell(&sku, "L1").await), (10, 10, 0, 0), "round {round}");
-        assert!(lowest >= 0, "ATP sampled below zero: {lowest}");
+backend_tests!(
+    sixty_four_buyers_for_ten_units_exactly_ten_win_and_atp_never_dips_b01,
+    cluster,
+    |mesh: &TestMesh| async move {
+        for round in 0..20 {
+            let sku = format!("H{round}");
+            mesh.receive(&sku, "L1", 10).await;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = {
+                let (mut client, stop, sku) = (mesh.availability.clone(), stop.clone(), sku.clone());
+                tokio::spawn(async move {
+                    let mut lowest = i64::MAX;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let cells = client
+                            .get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell(&sku, "L1")] })
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .cells;
+                        lowest = lowest.min(cells[0].atp_units);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    lowest
+                })
+            };
+            let results = reserve_concurrently(mesh, (0..64).map(|i| format!("b{round}-{i}")).collect(), &sku, 1).await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let lowest = sampler.await.unwrap();
+            assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "round {round}");
+            assert!(
+                results.iter().filter_map(|r| r.as_ref().err()).all(|s| reason(s) == "INSUFFICIENT_STOCK"),
+                "round {round}"
+            );
+            assert_eq!(parts(&mesh.cell(&sku, "L1").await), (10, 10, 0, 0), "round {round}");
+            assert!(lowest >= 0, "ATP sampled below zero: {lowest}");
+        }
     }
-});
+);
 
 backend_tests!(counter_never_drifts_and_unknown_release_is_not_found_b02, |mesh: &TestMesh| async move {
     for round in 0..50 {
@@ -121,7 +130,17 @@ backend_tests!(one_request_naming_a_cell_twice_is_summed_b04, |mesh: &TestMesh| 
     assert!(refused.message().contains("A@L1 requested 6, available 5"), "{}", refused.message());
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
     let held = mesh.reserve("s2", &[("A", "L1", 2), ("A", "L1", 3)], TTL).await.unwrap();
-    assert_eq!(held.lines, vec![rv::ReservationLine { sku: "A".into(), location_id: "L1".into(), quantity_units: 5, reserved_units: 5, short_units: 0, released_units: 0 }]);
+    assert_eq!(
+        held.lines,
+        vec![rv::ReservationLine {
+            sku: "A".into(),
+            location_id: "L1".into(),
+            quantity_units: 5,
+            reserved_units: 5,
+            short_units: 0,
+            released_units: 0
+        }]
+    );
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 5, 0, 0));
     // Step 4: 50 on hand, 20 committed, an order with lines (A,10) and (A,5) → committed 35.
     mesh.receive("B", "L1", 50).await;
@@ -151,7 +170,7 @@ backend_tests!(a_stale_check_is_caught_at_reserve_time_b05, |mesh: &TestMesh| as
     assert_eq!(parts(&mesh.cell("A", "L1").await), (3, 0, 2, 1));
 });
 
-backend_tests!(two_payment_callbacks_commit_once_b06, |mesh: &TestMesh| async move {
+backend_tests!(two_payment_callbacks_commit_once_b06, cluster, |mesh: &TestMesh| async move {
     for round in 0..30 {
         let (sku, id) = (format!("A{round}"), format!("o1-{round}"));
         mesh.receive(&sku, "L1", 1).await;
@@ -218,7 +237,12 @@ backend_tests!(a_client_that_gave_up_retries_with_its_key_and_gets_one_hold_b08,
         // The first attempt gives up almost at once: the server may or may not have committed.
         let mut hurried = tonic::Request::new(rv::CreateReservationRequest {
             reservation_id: key.clone(),
-            lines: vec![rv::ReservationLine { sku: sku.clone(), location_id: "L1".into(), quantity_units: 4, ..Default::default() }],
+            lines: vec![rv::ReservationLine {
+                sku: sku.clone(),
+                location_id: "L1".into(),
+                quantity_units: 4,
+                ..Default::default()
+            }],
             ttl_ms: TTL,
             ..Default::default()
         });
@@ -288,62 +312,70 @@ backend_tests!(cancel_after_full_or_partial_shipment_returns_only_what_is_open_b
     assert_eq!(parts(&mesh.cell("B", "L1").await), (93, 0, 0, 93));
 });
 
-backend_tests!(every_ending_releases_once_and_a_split_cancel_frees_every_cell_b13, |mesh: &TestMesh| async move {
-    mesh.receive("A", "L1", 15).await;
-    mesh.reserve("O7", &[("A", "L1", 1)], TTL).await.unwrap();
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 1, 0, 14));
-    mesh.release("O7").await.unwrap();
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
-    mesh.reserve("O7-reopened", &[("A", "L1", 1)], TTL).await.unwrap();
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 1, 0, 14));
-    mesh.release("O7-reopened").await.unwrap();
-    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
-    for (id, why) in [
-        ("pf", rv::ReleaseReason::PaymentFailed),
-        ("cx", rv::ReleaseReason::Cancelled),
-        ("rf", rv::ReleaseReason::RefundedBeforeShip),
-        ("ab", rv::ReleaseReason::Abandoned),
-    ] {
-        mesh.reserve(id, &[("A", "L1", 3)], TTL).await.unwrap();
-        let released = mesh
+backend_tests!(
+    every_ending_releases_once_and_a_split_cancel_frees_every_cell_b13,
+    cluster,
+    |mesh: &TestMesh| async move {
+        mesh.receive("A", "L1", 15).await;
+        mesh.reserve("O7", &[("A", "L1", 1)], TTL).await.unwrap();
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 1, 0, 14));
+        mesh.release("O7").await.unwrap();
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
+        mesh.reserve("O7-reopened", &[("A", "L1", 1)], TTL).await.unwrap();
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 1, 0, 14));
+        mesh.release("O7-reopened").await.unwrap();
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
+        for (id, why) in [
+            ("pf", rv::ReleaseReason::PaymentFailed),
+            ("cx", rv::ReleaseReason::Cancelled),
+            ("rf", rv::ReleaseReason::RefundedBeforeShip),
+            ("ab", rv::ReleaseReason::Abandoned),
+        ] {
+            mesh.reserve(id, &[("A", "L1", 3)], TTL).await.unwrap();
+            let released = mesh
+                .reservation
+                .clone()
+                .release_reservation(rv::ReleaseReservationRequest {
+                    reservation_id: id.into(),
+                    reason: why as i32,
+                    lines: Vec::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(released.released_units, 3);
+            assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
+            assert_eq!(mesh.release(id).await.unwrap().released_units, 0, "second release does nothing");
+            let refused = mesh.confirm(id).await.unwrap_err();
+            assert_eq!(reason(&refused), "ALREADY_RELEASED");
+        }
+        // Step 4: a split order A@L1:1 + A@L2:3, then cancel: both cells freed.
+        mesh.receive("A", "L2", 5).await;
+        mesh.reserve("split", &[("A", "L1", 1), ("A", "L2", 3)], TTL).await.unwrap();
+        mesh.confirm("split").await.unwrap();
+        assert_eq!(mesh.release("split").await.unwrap().released_units, 4);
+        assert_eq!(mesh.cell("A", "L1").await.atp_units, 15);
+        assert_eq!(mesh.cell("A", "L2").await.atp_units, 5);
+        let record = mesh
             .reservation
             .clone()
-            .release_reservation(rv::ReleaseReservationRequest { reservation_id: id.into(), reason: why as i32, lines: Vec::new() })
+            .get_reservation(rv::GetReservationRequest { reservation_id: "split".into() })
             .await
             .unwrap()
-            .into_inner();
-        assert_eq!(released.released_units, 3);
-        assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
-        assert_eq!(mesh.release(id).await.unwrap().released_units, 0, "second release does nothing");
-        let refused = mesh.confirm(id).await.unwrap_err();
-        assert_eq!(reason(&refused), "ALREADY_RELEASED");
+            .into_inner()
+            .reservation
+            .unwrap();
+        let statuses: Vec<i32> = record.history.iter().map(|h| h.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                rv::ReservationStatus::Held as i32,
+                rv::ReservationStatus::Confirmed as i32,
+                rv::ReservationStatus::Released as i32
+            ]
+        );
     }
-    // Step 4: a split order A@L1:1 + A@L2:3, then cancel: both cells freed.
-    mesh.receive("A", "L2", 5).await;
-    mesh.reserve("split", &[("A", "L1", 1), ("A", "L2", 3)], TTL).await.unwrap();
-    mesh.confirm("split").await.unwrap();
-    assert_eq!(mesh.release("split").await.unwrap().released_units, 4);
-    assert_eq!(mesh.cell("A", "L1").await.atp_units, 15);
-    assert_eq!(mesh.cell("A", "L2").await.atp_units, 5);
-    let record = mesh
-        .reservation
-        .clone()
-        .get_reservation(rv::GetReservationRequest { reservation_id: "split".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .reservation
-        .unwrap();
-    let statuses: Vec<i32> = record.history.iter().map(|h| h.status).collect();
-    assert_eq!(
-        statuses,
-        vec![
-            rv::ReservationStatus::Held as i32,
-            rv::ReservationStatus::Confirmed as i32,
-            rv::ReservationStatus::Released as i32
-        ]
-    );
-});
+);
 
 /// Expiry on the embedded engine, with a manual clock: exact, without any sweeper (B16, B17).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -407,7 +439,7 @@ async fn expiry_is_exact_on_redis_and_the_sweeper_records_it_b16_b17() {
     mesh.stop().await;
 }
 
-backend_tests!(confirm_racing_expiry_never_both_commits_and_releases_b17, |mesh: &TestMesh| async move {
+backend_tests!(confirm_racing_expiry_never_both_commits_and_releases_b17, cluster, |mesh: &TestMesh| async move {
     // Holds expiring around the moment of confirm: each either commits (and stays committed) or
     // is refused; committed + held never exceeds on_hand.
     for round in 0..40 {
@@ -431,7 +463,7 @@ backend_tests!(confirm_racing_expiry_never_both_commits_and_releases_b17, |mesh:
     tokio::time::sleep(Duration::from_millis(600)).await;
 });
 
-backend_tests!(confirm_racing_release_ends_the_hold_exactly_once, |mesh: &TestMesh| async move {
+backend_tests!(confirm_racing_release_ends_the_hold_exactly_once, cluster, |mesh: &TestMesh| async move {
     for round in 0..60 {
         let (sku, id) = (format!("R{round}"), format!("race{round}"));
         mesh.receive(&sku, "L1", 5).await;
@@ -459,7 +491,12 @@ backend_tests!(confirm_racing_release_ends_the_hold_exactly_once, |mesh: &TestMe
                 "round {round}"
             );
         } else {
-            assert_eq!(reason(confirmed.as_ref().unwrap_err()), "ALREADY_RELEASED", "round {round}");
+            assert_eq!(
+                reason(confirmed.as_ref().unwrap_err()),
+                "ALREADY_RELEASED",
+                "round {round}: {:?}",
+                confirmed.as_ref().unwrap_err()
+            );
         }
         // The release always wins in the end: either it released the hold, or it cancelled the
         // commitment the confirm made. Nothing stays committed or held, and it is recorded so.
@@ -484,7 +521,11 @@ backend_tests!(far_future_times_and_unknown_reasons_are_invalid_arguments, |mesh
     let error = mesh
         .reservation
         .clone()
-        .release_reservation(rv::ReleaseReservationRequest { reservation_id: "f".into(), reason: 99, lines: Vec::new() })
+        .release_reservation(rv::ReleaseReservationRequest {
+            reservation_id: "f".into(),
+            reason: 99,
+            lines: Vec::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
@@ -492,7 +533,7 @@ backend_tests!(far_future_times_and_unknown_reasons_are_invalid_arguments, |mesh
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 1, 0, 4));
 });
 
-backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, |mesh: &TestMesh| async move {
+backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, cluster, |mesh: &TestMesh| async move {
     for round in 0..40 {
         let (sku, id) = (format!("D{round}"), format!("dbl{round}"));
         mesh.receive(&sku, "L1", 3).await;
@@ -504,7 +545,11 @@ backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, |mesh
                 tokio::spawn(async move {
                     barrier.wait().await;
                     client
-                        .release_reservation(rv::ReleaseReservationRequest { reservation_id: id, reason: 0, lines: Vec::new() })
+                        .release_reservation(rv::ReleaseReservationRequest {
+                            reservation_id: id,
+                            reason: 0,
+                            lines: Vec::new(),
+                        })
                         .await
                         .map(|r| r.into_inner())
                 })
@@ -519,4 +564,199 @@ backend_tests!(concurrent_releases_end_a_hold_once_and_record_it_released, |mesh
         assert_eq!(units, 3, "round {round}: the units came back once");
         assert_eq!(parts(&mesh.cell(&sku, "L1").await), (3, 0, 0, 3), "round {round}");
     }
+});
+
+async fn create(mesh: &TestMesh, request: rv::CreateReservationRequest) -> Result<rv::Reservation, tonic::Status> {
+    mesh.reservation.clone().create_reservation(request).await.map(|r| r.into_inner().reservation.unwrap())
+}
+
+fn lines(items: &[(&str, &str, i64)]) -> Vec<rv::ReservationLine> {
+    items
+        .iter()
+        .map(|(sku, loc, units)| rv::ReservationLine {
+            sku: (*sku).into(),
+            location_id: (*loc).into(),
+            quantity_units: *units,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// (sku, asked, reserved, short, released) per line.
+fn line_view(r: &rv::Reservation) -> Vec<(String, i64, i64, i64, i64)> {
+    r.lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.quantity_units, l.reserved_units, l.short_units, l.released_units))
+        .collect()
+}
+
+backend_tests!(partial_policy_states_reserved_and_short_per_line, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("PA", "L1", 5).await;
+    mesh.receive("PB", "L1", 1).await;
+    let ask = lines(&[("PA", "L1", 3), ("PB", "L1", 4), ("PC", "L1", 2)]);
+    // All or nothing (the default) holds nothing.
+    let refused = create(
+        mesh,
+        rv::CreateReservationRequest {
+            reservation_id: "all".into(),
+            lines: ask.clone(),
+            ttl_ms: TTL,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&refused), "INSUFFICIENT_STOCK");
+    assert_eq!(parts(&mesh.cell("PA", "L1").await), (5, 0, 0, 5));
+    // Partial takes what is there and says exactly what is short.
+    let partial = rv::CreateReservationRequest {
+        reservation_id: "part".into(),
+        lines: ask.clone(),
+        ttl_ms: TTL,
+        policy: rv::ReservePolicy::Partial as i32,
+        ..Default::default()
+    };
+    let held = create(mesh, partial.clone()).await.unwrap();
+    assert_eq!(held.status, rv::ReservationStatus::Held as i32);
+    assert_eq!(held.policy, rv::ReservePolicy::Partial as i32);
+    assert_eq!(line_view(&held), vec![("PA".into(), 3, 3, 0, 0), ("PB".into(), 4, 1, 3, 0), ("PC".into(), 2, 0, 2, 0)]);
+    assert_eq!(parts(&mesh.cell("PA", "L1").await), (5, 3, 0, 2));
+    assert_eq!(parts(&mesh.cell("PB", "L1").await), (1, 1, 0, 0));
+    // The same id and body replays the first answer; the same id with the other policy is another body.
+    assert_eq!(line_view(&create(mesh, partial.clone()).await.unwrap()), line_view(&held));
+    let other = rv::CreateReservationRequest { policy: rv::ReservePolicy::AllOrNothing as i32, ..partial };
+    assert_eq!(create(mesh, other).await.unwrap_err().code(), Code::AlreadyExists);
+    // Confirm commits only what was reserved.
+    mesh.confirm("part").await.unwrap();
+    assert_eq!(parts(&mesh.cell("PA", "L1").await), (5, 0, 3, 2));
+    assert_eq!(parts(&mesh.cell("PB", "L1").await), (1, 0, 1, 0));
+    // Nothing anywhere: refused, nothing held.
+    let none = rv::CreateReservationRequest {
+        reservation_id: "none".into(),
+        lines: lines(&[("PB", "L1", 1), ("PC", "L1", 1)]),
+        ttl_ms: TTL,
+        policy: rv::ReservePolicy::Partial as i32,
+        ..Default::default()
+    };
+    assert_eq!(reason(&create(mesh, none).await.unwrap_err()), "INSUFFICIENT_STOCK");
+});
+
+async fn extend(
+    mesh: &TestMesh,
+    id: &str,
+    request_id: &str,
+    ttl_ms: u64,
+) -> Result<rv::ExtendReservationResponse, tonic::Status> {
+    mesh.reservation
+        .clone()
+        .extend_reservation(rv::ExtendReservationRequest {
+            reservation_id: id.into(),
+            request_id: request_id.into(),
+            ttl_ms,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+backend_tests!(extend_keeps_a_paying_buyers_hold_and_ended_holds_say_why_b17, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 3).await;
+    let h3 = mesh.reserve("H3", &[("A", "L1", 1)], 1_000).await.unwrap();
+    let first_deadline = ms(h3.expires_at.as_ref().unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let extended = extend(mesh, "H3", "x1", 2_000).await.unwrap();
+    let reservation = extended.reservation.unwrap();
+    let deadline = ms(reservation.expires_at.as_ref().unwrap());
+    assert!(deadline >= first_deadline + 1_300, "now + 2 s, not the old deadline: {deadline} vs {first_deadline}");
+    assert!(!extended.capped);
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (3, 1, 0, 2), "extending never changes held");
+    // A retry with the same request id replays the first answer exactly; another body is refused.
+    let replay = extend(mesh, "H3", "x1", 2_000).await.unwrap();
+    assert_eq!(ms(replay.reservation.unwrap().expires_at.as_ref().unwrap()), deadline);
+    assert_eq!(extend(mesh, "H3", "x1", 3_000).await.unwrap_err().code(), Code::AlreadyExists);
+    // Past the first deadline, the hold is still live and confirmable.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(mesh.confirm("H3").await.unwrap().reservation.unwrap().status, rv::ReservationStatus::Confirmed as i32);
+    assert_eq!(reason(&extend(mesh, "H3", "x2", 1_000).await.unwrap_err()), "ALREADY_CONFIRMED");
+    // Every ended hold says why.
+    mesh.reserve("gone", &[("A", "L1", 1)], 200).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(reason(&extend(mesh, "gone", "x3", 1_000).await.unwrap_err()), "HOLD_EXPIRED");
+    mesh.reserve("rel", &[("A", "L1", 1)], TTL).await.unwrap();
+    mesh.release("rel").await.unwrap();
+    assert_eq!(reason(&extend(mesh, "rel", "x4", 1_000).await.unwrap_err()), "ALREADY_RELEASED");
+    assert_eq!(reason(&mesh.confirm("rel").await.unwrap_err()), "ALREADY_RELEASED");
+    mesh.reserve("big", &[("A", "L1", 99)], TTL).await.unwrap_err();
+    assert_eq!(reason(&extend(mesh, "big", "x5", 1_000).await.unwrap_err()), "NOT_HELD");
+    assert_eq!(extend(mesh, "nobody", "x6", 1_000).await.unwrap_err().code(), Code::NotFound);
+    test_support::assert_invalid(extend(mesh, "H3", "", 1_000).await, "request_id");
+    test_support::assert_invalid(extend(mesh, "H3", "x7", 10 * 3_600_000).await, "ttl_ms");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn extends_stop_at_the_hold_limit() {
+    let options = Options {
+        configure: Some(Box::new(|s: &mut service_kit::config::Settings| {
+            s.reservation.max_hold_time = Duration::from_millis(3_000);
+            s.reservation.max_hold_ttl = Duration::from_millis(3_000);
+        })),
+        ..Options::default()
+    };
+    let mesh = TestMesh::start_with(Backend::Embedded, options).await;
+    mesh.receive("A", "L1", 1).await;
+    let held = mesh.reserve("cap", &[("A", "L1", 1)], 1_000).await.unwrap();
+    let limit = ms(held.hold_limit.as_ref().unwrap());
+    assert_eq!(limit, ms(held.expires_at.as_ref().unwrap()) - 1_000 + 3_000);
+    let capped = extend(&mesh, "cap", "c1", 3_000).await.unwrap();
+    assert!(capped.capped);
+    assert_eq!(ms(capped.reservation.unwrap().expires_at.as_ref().unwrap()), limit);
+    assert_eq!(reason(&extend(&mesh, "cap", "c2", 3_000).await.unwrap_err()), "HOLD_LIMIT_REACHED");
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+async fn release_lines(
+    mesh: &TestMesh,
+    id: &str,
+    cells: &[(&str, &str)],
+) -> Result<rv::ReleaseReservationResponse, tonic::Status> {
+    mesh.reservation
+        .clone()
+        .release_reservation(rv::ReleaseReservationRequest {
+            reservation_id: id.into(),
+            reason: 0,
+            lines: cells.iter().map(|(s, l)| rv::LineRef { sku: (*s).into(), location_id: (*l).into() }).collect(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+backend_tests!(releasing_some_lines_frees_only_them_and_the_rest_confirms, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 15).await;
+    mesh.receive("A", "L2", 5).await;
+    mesh.receive("B", "L1", 4).await;
+    mesh.reserve("split", &[("A", "L1", 1), ("A", "L2", 3), ("B", "L1", 2)], TTL).await.unwrap();
+    let released = release_lines(mesh, "split", &[("A", "L2")]).await.unwrap();
+    assert_eq!(released.released_units, 3);
+    let r = released.reservation.unwrap();
+    assert_eq!(r.status, rv::ReservationStatus::Held as i32);
+    assert_eq!(line_view(&r), vec![("A".into(), 1, 1, 0, 0), ("A".into(), 3, 3, 0, 3), ("B".into(), 2, 2, 0, 0)]);
+    assert_eq!(parts(&mesh.cell("A", "L2").await), (5, 0, 0, 5));
+    // Again: nothing more to give back.
+    assert_eq!(release_lines(mesh, "split", &[("A", "L2")]).await.unwrap().released_units, 0);
+    // A line that is not in the reservation is a bad argument, and changes nothing.
+    test_support::assert_invalid(release_lines(mesh, "split", &[("Z", "L9")]).await, "lines[0]");
+    // Confirm commits the remaining lines only; cancelling one confirmed line frees its units.
+    mesh.confirm("split").await.unwrap();
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 1, 14));
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (4, 0, 2, 2));
+    assert_eq!(release_lines(mesh, "split", &[("B", "L1")]).await.unwrap().released_units, 2);
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (4, 0, 0, 4));
+    // Releasing the last line ends the reservation.
+    let last = release_lines(mesh, "split", &[("A", "L1")]).await.unwrap();
+    assert_eq!((last.released_units, last.reservation.unwrap().status), (1, rv::ReservationStatus::Released as i32));
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
 });

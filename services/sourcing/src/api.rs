@@ -12,7 +12,7 @@ use mesh_proto::{
         GetChannelAtpRequest, ListLocationsRequest, availability_service_client::AvailabilityServiceClient,
     },
     reservation::v1::{
-        CreateReservationRequest, ReservePolicy, GetReservationRequest, ReservationLine, ReservationStatus,
+        CreateReservationRequest, GetReservationRequest, ReservationLine, ReservationStatus, ReservePolicy,
         reservation_service_client::ReservationServiceClient,
     },
     sourcing::v1::{self as pb, sourcing_service_server::SourcingService},
