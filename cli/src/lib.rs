@@ -3,5 +3,6 @@
 //! counters with durable records ([`reconcile`]). `main.rs` only parses the command line.
 pub mod load;
 pub mod mesh;
+pub mod rebuild;
 pub mod reconcile;
 pub mod replay;

@@ -57,6 +57,9 @@ enum Command {
     },
     /// Compares live counters with durable records on a running mesh; exits 1 on any difference.
     Reconcile,
+    /// Rebuilds the Redis counters (positions, holds, commitments) from the durable store after
+    /// Redis lost its data; safe beside a running mesh. Prints one JSON line.
+    Rebuild,
     /// Load tools against a running mesh.
     Load {
         #[command(subcommand)]
@@ -158,6 +161,19 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             .await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(if report.oversold_units == 0 && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Rebuild => {
+            if settings.is_embedded_engine() {
+                anyhow::bail!(
+                    "the embedded counter engine is rebuilt by `inventory-mesh run` at every start; rebuild is for Redis (set REDIS_URL)"
+                );
+            }
+            let db = service_kit::db::connect(&settings.database).await.context("cannot open the database")?;
+            mesh::migrate(&db).await.context("migration failed")?;
+            let engine = mesh::connect_engine(&settings).await?;
+            let report = inventory_mesh::rebuild::ensure(&engine, &db, true).await?.context("rebuild")?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile => {
             let availability = peer_channel(&settings.peers.availability, &settings.peers)?;

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt, net::SocketAddr, str::FromStr, sync::Arc};
 
 use anyhow::Context as _;
-use mesh_counters::{Cell, CounterEngine, MemoryEngine, RedisEngine, SystemClock};
+use mesh_counters::{CounterEngine, MemoryEngine, RedisEngine, SystemClock};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use service_kit::{
@@ -96,44 +96,6 @@ pub async fn connect_engine(settings: &Settings) -> anyhow::Result<CounterEngine
     Ok(CounterEngine::Redis(engine))
 }
 
-/// Rebuilds the in-process engine from the durable records (on_hand, safety, live holds, open
-/// commitments), so an embedded mesh restarted on the same SQLite file is consistent.
-///
-/// # Errors
-/// A store query failed.
-pub async fn rebuild_embedded(engine: &MemoryEngine, db: &DatabaseConnection) -> anyhow::Result<usize> {
-    let availability_store = availability::store::AvailabilityStore::new(db.clone());
-    let positions = availability_store.all_positions().await?;
-    for (cell, position) in &positions {
-        engine.restore_position(cell, position.on_hand, position.version, position.safety);
-    }
-    let fulfilled: BTreeMap<(String, Cell), i64> = availability_store
-        .fulfilled_by_reservation()
-        .await?
-        .into_iter()
-        .fold(BTreeMap::new(), |mut acc, (rid, cell, units)| {
-            *acc.entry((rid, cell)).or_default() += units;
-            acc
-        });
-    let store = reservation::store::ReservationStore::new(db.clone());
-    let now = reservation::store::now_ms();
-    let records =
-        store.lines_in_status(&[reservation::domain::Status::Held, reservation::domain::Status::Confirmed]).await?;
-    for (rid, status, deadline, line) in &records {
-        match status {
-            reservation::domain::Status::Held if *deadline > now => {
-                engine.restore_hold(rid, &line.cell, line.units, *deadline)
-            }
-            reservation::domain::Status::Confirmed => {
-                let shipped = fulfilled.get(&(rid.clone(), line.cell.clone())).copied().unwrap_or(0);
-                engine.restore_commitment(rid, &line.cell, line.units - shipped);
-            }
-            _ => {}
-        }
-    }
-    Ok(positions.len())
-}
-
 /// A running set of services.
 pub struct RunningMesh {
     /// Where each service listens.
@@ -201,10 +163,11 @@ pub async fn start(
         Some(engine) => Some(engine),
         None if needs_counters => {
             let engine = connect_engine(&settings).await?;
-            if let CounterEngine::Memory(memory) = &engine {
-                let cells = rebuild_embedded(memory, &db).await?;
-                if cells > 0 {
-                    tracing::info!(cells, "embedded counters rebuilt from the durable store");
+            if let CounterEngine::Memory(_) = &engine {
+                // The in-process engine starts empty: rebuild it from the durable records.
+                let report = crate::rebuild::rebuild(&engine, &db, "startup").await?;
+                if report.skus > 0 {
+                    tracing::info!(?report, "embedded counters rebuilt from the durable store");
                 }
             }
             Some(engine)
@@ -213,6 +176,17 @@ pub async fn start(
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(engine @ CounterEngine::Redis(_)) = &engine {
+        // An empty, flushed or foreign Redis is rebuilt before any port opens, and watched after.
+        crate::rebuild::ensure(engine, &db, false).await.context("checking the counters' origin")?;
+        crate::rebuild::spawn_watchdog(
+            engine.clone(),
+            db.clone(),
+            settings.redis.origin_check_interval,
+            &tracker,
+            shutdown.clone(),
+        );
+    }
     for (kind, listener) in listeners {
         let routes: ServiceRoutes = match kind {
             ServiceKind::Availability => availability::routes(

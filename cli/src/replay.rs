@@ -196,6 +196,23 @@ struct OrderState {
 ///
 /// # Errors
 /// The dataset cannot be read or a service fails in a way the replay cannot account for.
+/// Runs a gRPC call again while it fails UNAVAILABLE (a store restarting or being rebuilt), as any
+/// well-behaved client would; every call the replay makes is idempotent by its id.
+macro_rules! retry_unavailable {
+    ($call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $call {
+                Err(status) if status.code() == Code::Unavailable && attempt < 100 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let dir = &options.dataset;
@@ -411,7 +428,7 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                     hold_ttl_ms: 7_200_000,
                 };
                 let call_started = Instant::now();
-                let result = sourcing.source_order(request).await;
+                let result = retry_unavailable!(sourcing.source_order(request.clone()).await);
                 latency.saturating_record(call_started.elapsed().as_micros() as u64);
                 let plan = match result {
                     Ok(response) => response.into_inner(),
@@ -458,7 +475,7 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                     reservation_id: state.reservation_id.clone(),
                     occurred_at: Some(timestamp(*at)),
                 };
-                match reservation.confirm_reservation(request).await {
+                match retry_unavailable!(reservation.confirm_reservation(request.clone()).await) {
                     Ok(_) => {
                         state.confirmed = true;
                         for (location, sku, units) in &state.planned {
@@ -494,14 +511,16 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                         ..InventoryEvent::default()
                     })
                     .collect();
-                let results = availability
-                    .ingest_events(IngestEventsRequest { events })
-                    .await
-                    .context("IngestEvents (shipment)")?
-                    .into_inner()
-                    .results;
+                let results = retry_unavailable!(
+                    availability.ingest_events(IngestEventsRequest { events: events.clone() }).await
+                )
+                .context("IngestEvents (shipment)")?
+                .into_inner()
+                .results;
                 for (result, (location, sku, units)) in results.iter().zip(&state.planned) {
-                    if result.outcome != EventOutcome::Applied as i32 || result.fulfilled_units != *units {
+                    let applied = result.outcome == EventOutcome::Applied as i32
+                        || result.outcome == EventOutcome::Duplicate as i32; // a retry after UNAVAILABLE
+                    if !applied || result.fulfilled_units != *units {
                         bail!("shipment {} was not applied in full: {:?}", result.event_id, result);
                     }
                     let cell = book.entry((sku.clone(), location.clone())).or_default();
@@ -517,9 +536,7 @@ pub async fn replay(options: &ReplayOptions, targets: &Targets) -> anyhow::Resul
                     reason: if state.confirmed { ReleaseReason::Cancelled } else { ReleaseReason::Abandoned } as i32,
                     lines: Vec::new(),
                 };
-                reservation
-                    .release_reservation(request)
-                    .await
+                retry_unavailable!(reservation.release_reservation(request.clone()).await)
                     .with_context(|| format!("ReleaseReservation {}", state.reservation_id))?;
                 for (location, sku, units) in &state.planned {
                     let cell = book.entry((sku.clone(), location.clone())).or_default();

@@ -1,4 +1,4 @@
-//! The flash-sale tool against both back ends, repeated, all buyers released from one barrier:
+//! The flash-sale tool against every back end (embedded, standalone Redis, 3-master cluster), repeated, all buyers released from one barrier:
 //! exactly the stock is accepted, the rest refused, nothing oversold, no errors.
 use inventory_mesh::{
     load::{FlashSale, flash_sale},
@@ -42,4 +42,9 @@ async fn a_flash_sale_on_the_embedded_engine_accepts_exactly_the_stock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flash_sale_on_redis_and_postgres_accepts_exactly_the_stock() {
     run_sales(Backend::External).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flash_sale_on_a_redis_cluster_accepts_exactly_the_stock() {
+    run_sales(Backend::Cluster).await;
 }

@@ -385,37 +385,3 @@ impl MemoryEngine {
         self.skus.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(sku);
     }
 }
-
-impl MemoryEngine {
-    /// Restores a live hold without any check (rebuilding the embedded engine from durable records
-    /// at startup; the records were valid when written).
-    pub fn restore_hold(&self, reservation_id: &str, cell: &Cell, units: i64, deadline_ms: i64) {
-        let mut state = self.skus.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sku = state.entry(cell.sku.clone()).or_default();
-        sku.cell_mut(&cell.location).counters.held += units;
-        sku.holds.insert((reservation_id.to_owned(), cell.location.clone()), (units, deadline_ms));
-    }
-
-    /// Restores an open commitment without any check (rebuild at startup).
-    pub fn restore_commitment(&self, reservation_id: &str, cell: &Cell, units: i64) {
-        if units <= 0 {
-            return;
-        }
-        let mut state = self.skus.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sku = state.entry(cell.sku.clone()).or_default();
-        sku.cell_mut(&cell.location).counters.committed += units;
-        sku.commitments.insert((reservation_id.to_owned(), cell.location.clone()), units);
-    }
-}
-
-impl MemoryEngine {
-    /// Restores a cell's physical position without any check (rebuild at startup).
-    pub fn restore_position(&self, cell: &Cell, on_hand: i64, version: i64, safety: i64) {
-        let mut state = self.skus.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sku = state.entry(cell.sku.clone()).or_default();
-        let state = sku.cell_mut(&cell.location);
-        state.counters.on_hand = on_hand;
-        state.counters.safety = safety;
-        state.version = version;
-    }
-}

@@ -125,8 +125,12 @@ impl RedisEngine {
     pub async fn connect(url: &str, prefix: &str) -> CounterResult<Self> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            // Fail calls fast while Redis is away (the next call tries again) instead of queueing
+            // them behind a long reconnect backoff.
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_millis(200));
         let connection = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self { connection: Connection::Standalone(connection), prefix: prefix.to_owned() })
     }
@@ -135,8 +139,8 @@ impl RedisEngine {
     /// the other nodes and follows MOVED/ASK redirections and failovers.
     pub async fn connect_cluster(url: &str, prefix: &str) -> CounterResult<Self> {
         let client = redis::cluster::ClusterClientBuilder::new(vec![url])
-            .connection_timeout(std::time::Duration::from_secs(2))
-            .response_timeout(std::time::Duration::from_secs(5))
+            .connection_timeout(std::time::Duration::from_secs(1))
+            .response_timeout(std::time::Duration::from_secs(2))
             .retries(3)
             .build()?;
         let connection = client.get_async_connection().await?;

@@ -57,6 +57,10 @@ pub struct ReservationSettings {
     /// The longest a hold may last from its creation, extends included.
     #[serde(with = "humantime_serde")]
     pub max_hold_time: Duration,
+    /// A reservation still being created after this long was abandoned (its process died, its
+    /// store went away): the sweeper settles it from the counters.
+    #[serde(with = "humantime_serde")]
+    pub stale_claim_after: Duration,
 }
 
 /// The sourcing service's settings.
@@ -131,6 +135,9 @@ pub struct DatabaseSettings {
     /// `sqlite://…` (embedded default) or `postgres://…`.
     pub url: String,
     pub max_connections: u32,
+    /// Longest wait for a pooled connection (or a new one) before a call fails UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 /// The counter store.
@@ -143,6 +150,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// The URL names one node of a Redis Cluster (the client finds the others).
     pub cluster: bool,
+    /// How often a running service checks that Redis still holds its data (rebuilding it if not).
+    #[serde(with = "humantime_serde")]
+    pub origin_check_interval: Duration,
 }
 
 /// Logs and traces.

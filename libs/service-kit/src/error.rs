@@ -72,8 +72,19 @@ pub fn peer_status_kind(status: &Status) -> ErrorKind {
 
 /// Classifies a relational store error: an unreachable store is UNAVAILABLE, the rest internal.
 pub fn db_error_kind(error: &sea_orm::DbErr) -> ErrorKind {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
     match error {
-        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_) => ErrorKind::Unavailable,
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => ErrorKind::Unavailable,
+        // The connection broke mid-statement (the database went away): the statement's transaction
+        // did not commit, so a retry is safe.
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))
+            if matches!(
+                **e,
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_)
+            ) =>
+        {
+            ErrorKind::Unavailable
+        }
         _ => ErrorKind::Internal,
     }
 }

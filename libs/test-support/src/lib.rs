@@ -126,6 +126,9 @@ pub struct Options {
     pub clock: Option<Arc<ManualClock>>,
     /// Tweak settings before start.
     pub configure: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
+    /// External back end: use this Redis (e.g. a private process or a fault proxy) instead of
+    /// REDIS_URL.
+    pub redis_url: Option<String>,
 }
 
 impl TestMesh {
@@ -154,8 +157,11 @@ impl TestMesh {
             }
             Backend::External => {
                 settings.database.url = fresh_postgres_database().await;
-                settings.redis.url = redis_url();
-                let engine = redis_engine().await;
+                settings.redis.url = options.redis_url.clone().unwrap_or_else(redis_url);
+                let engine = match &options.redis_url {
+                    Some(url) => RedisEngine::connect(url, &key_prefix()).await.unwrap(),
+                    None => redis_engine().await,
+                };
                 settings.redis.key_prefix = engine.key_prefix().to_owned();
                 CounterEngine::Redis(engine)
             }
@@ -500,11 +506,15 @@ impl FaultProxy {
         Self { addr, state }
     }
 
-    /// Drops every open connection and refuses new ones (the store is unreachable).
-    pub fn cut(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.up = false;
-        s.generation += 1;
+    /// Drops every open connection and refuses new ones (the store is unreachable); returns once
+    /// the open connections are closed.
+    pub async fn cut(&self) {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.up = false;
+            s.generation += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     /// Accepts connections again.
@@ -512,11 +522,15 @@ impl FaultProxy {
         self.state.lock().unwrap().up = true;
     }
 
-    /// Drops every open connection and sends new ones to `target` (a failover).
-    pub fn switch_to(&self, target: std::net::SocketAddr) {
-        let mut s = self.state.lock().unwrap();
-        s.target = target;
-        s.generation += 1;
+    /// Drops every open connection and sends new ones to `target` (a failover); returns once the
+    /// open connections are closed.
+    pub async fn switch_to(&self, target: std::net::SocketAddr) {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.target = target;
+            s.generation += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -169,6 +169,13 @@ impl AvailabilityApi {
         // a redelivery after a failed counter update heals the counters.
         let fulfil = match (recorded.outcome, &event.reservation_id) {
             (Outcome::Applied | Outcome::Stale, Some(rid)) => Some((rid.clone(), event.quantity)),
+            // A redelivered shipment whose first delivery was recorded but never reached the
+            // counters (they were unavailable or lost): fulfil it now, once.
+            (Outcome::Duplicate, Some(rid))
+                if event.kind == EventKind::Shipment && self.store.fulfilled_units(&event.event_id).await? == 0 =>
+            {
+                Some((rid.clone(), event.quantity))
+            }
             _ => None,
         };
         let outcome = self

@@ -34,7 +34,9 @@ impl ServiceError for AvailabilityError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Database(error) => service_kit::error::db_error_kind(error),
-            Self::Counters(mesh_counters::CounterError::Unavailable(_)) => ErrorKind::Unavailable,
+            Self::Counters(mesh_counters::CounterError::Unavailable(_) | mesh_counters::CounterError::Lost(_)) => {
+                ErrorKind::Unavailable
+            }
             Self::Counters(_) => ErrorKind::Internal,
         }
     }

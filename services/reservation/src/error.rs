@@ -62,7 +62,9 @@ impl ServiceError for ReservationError {
             Self::InsufficientStock(_) | Self::Refused { .. } => ErrorKind::FailedPrecondition,
             Self::InProgress(_) => ErrorKind::Conflict,
             Self::Database(error) => service_kit::error::db_error_kind(error),
-            Self::Counters(mesh_counters::CounterError::Unavailable(_)) => ErrorKind::Unavailable,
+            Self::Counters(mesh_counters::CounterError::Unavailable(_) | mesh_counters::CounterError::Lost(_)) => {
+                ErrorKind::Unavailable
+            }
             Self::Counters(_) => ErrorKind::Internal,
         }
     }

@@ -45,7 +45,8 @@ pub fn routes(
         Some(demand::DemandSender::start(channel, settings.peers.call_timeout, tracker, shutdown.clone()))
     };
     let reservations = service::Reservations::new(store::ReservationStore::new(db), engine, demand)
-        .with_max_hold_time(settings.reservation.max_hold_time);
+        .with_max_hold_time(settings.reservation.max_hold_time)
+        .with_stale_claim_after(settings.reservation.stale_claim_after);
     spawn_sweeper(reservations.clone(), settings.reservation.sweep_interval, tracker, shutdown);
     let api = api::ReservationApi::new(
         reservations,
@@ -62,7 +63,13 @@ fn spawn_sweeper(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let started_ms = service_kit::time::now_ms();
     tracker.spawn(async move {
+        match reservations.recover_after_restart(started_ms).await {
+            Ok(0) => {}
+            Ok(settled) => tracing::warn!(settled, "settled held reservations a crash left behind their counters"),
+            Err(error) => tracing::warn!(%error, "recovery after restart failed; reconcile will show what is left"),
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

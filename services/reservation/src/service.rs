@@ -16,8 +16,6 @@ use crate::{
     store::{ReservationStore, StoredReservation},
 };
 
-/// How long a PENDING claim may stay unanswered before the sweeper settles it.
-const STALE_CLAIM_MS: i64 = 30_000;
 /// Most held-past-deadline reservations one sweep step looks at.
 const SWEEP_BATCH: u64 = 2_000;
 
@@ -32,6 +30,8 @@ pub struct Reservations {
     /// A sweep that expires more than this share of the live holds (and at least 10) logs a
     /// mass-expiry alert (B18: a clock jump on the counter store expires everything at once).
     pub(crate) mass_expiry_ratio: f64,
+    /// A PENDING claim older than this was abandoned; the sweeper settles it.
+    pub(crate) stale_claim_ms: i64,
 }
 
 /// What a confirm found.
@@ -66,12 +66,18 @@ impl Sweep {
 impl Reservations {
     /// Builds the logic over its store, the counters and an optional demand feed.
     pub fn new(store: ReservationStore, engine: CounterEngine, demand: Option<DemandSender>) -> Self {
-        Self { store, engine, demand, max_hold_time_ms: 2 * 3_600_000, mass_expiry_ratio: 0.5 }
+        Self { store, engine, demand, max_hold_time_ms: 2 * 3_600_000, mass_expiry_ratio: 0.5, stale_claim_ms: 30_000 }
     }
 
     /// Sets the longest total hold time (extends included).
     pub fn with_max_hold_time(mut self, max_hold_time: Duration) -> Self {
         self.max_hold_time_ms = max_hold_time.as_millis() as i64;
+        self
+    }
+
+    /// Sets how old a PENDING claim must be before the sweeper settles it.
+    pub fn with_stale_claim_after(mut self, after: Duration) -> Self {
+        self.stale_claim_ms = after.as_millis() as i64;
         self
     }
 
@@ -113,7 +119,10 @@ impl Reservations {
         if !self.store.claim(new).await? {
             // Someone owns this id: wait briefly for its answer, then replay it.
             for _ in 0..50 {
-                let existing = self.load(&new.reservation_id).await?;
+                let Some(existing) = self.store.get(&new.reservation_id).await? else {
+                    // The claim was just dropped (its reserve failed and was settled): retry.
+                    return Err(ReservationError::InProgress(new.reservation_id.clone()));
+                };
                 if existing.status != Status::Pending || existing.body_hash != new.body_hash() {
                     return Self::replay(existing, new);
                 }
@@ -475,6 +484,45 @@ impl Reservations {
         }
     }
 
+    /// After a restart, settles HELD records a crash left behind their counters: a confirm that
+    /// reached the counters but not the record is recorded CONFIRMED; a hold the counters no longer
+    /// have (a release that crashed before its record, or data lost with the counter store) is
+    /// recorded EXPIRED. Returns how many it settled.
+    pub async fn recover_after_restart(&self, started_ms: i64) -> ReservationResult<usize> {
+        let mut settled = 0;
+        let mut after = String::new();
+        loop {
+            let ids = self.store.held_changed_before(started_ms, &after, 500).await?;
+            let Some(last) = ids.last() else { break };
+            after = last.clone();
+            for reservation_id in ids {
+                let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
+                let cells = reservation.cells();
+                let state = self.engine.hold_state(&reservation_id, &cells).await?;
+                if cells.is_empty() || state.live_cells() == cells.len() {
+                    continue;
+                }
+                if state.committed_cells() == cells.len() {
+                    self.store
+                        .transition(
+                            &reservation_id,
+                            &[Status::Held],
+                            Status::Confirmed,
+                            "confirmed (recovered)",
+                            None,
+                            0,
+                            None,
+                        )
+                        .await?;
+                } else {
+                    self.expire(&reservation, "hold lost (recovered after restart)").await?;
+                }
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
     /// Records holds whose deadline passed as EXPIRED (in batches: one snapshot per SKU slot and one
     /// transaction per batch, so 10,000 holds expiring at once are settled in one or two sweeps),
     /// recovers confirms a crash left unrecorded, and settles stale claims.
@@ -545,7 +593,7 @@ impl Reservations {
                 );
             }
         }
-        for reservation_id in self.store.stale_claims(now - STALE_CLAIM_MS, 100).await? {
+        for reservation_id in self.store.stale_claims(now - self.stale_claim_ms, 100).await? {
             let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
             let cells = reservation.all_cells();
             let state = self.engine.hold_state(&reservation_id, &cells).await?;

@@ -376,6 +376,26 @@ impl ReservationStore {
         Ok(rows)
     }
 
+    /// Ids of HELD reservations last changed before `before_ms`, after `after_id` in id order (paging).
+    pub async fn held_changed_before(
+        &self,
+        before_ms: i64,
+        after_id: &str,
+        limit: u64,
+    ) -> ReservationResult<Vec<String>> {
+        Ok(reservation::Entity::find()
+            .select_only()
+            .column(reservation::Column::ReservationId)
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .filter(reservation::Column::UpdatedAtMs.lt(before_ms))
+            .filter(reservation::Column::ReservationId.gt(after_id))
+            .order_by_asc(reservation::Column::ReservationId)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await?)
+    }
+
     /// Ids of PENDING claims older than `before_ms` (a crash between claim and answer).
     pub async fn stale_claims(&self, before_ms: i64, limit: u64) -> ReservationResult<Vec<String>> {
         Ok(reservation::Entity::find()

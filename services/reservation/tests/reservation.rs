@@ -381,7 +381,8 @@ backend_tests!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expiry_is_exact_on_the_embedded_engine_b16_b17() {
     let clock = Arc::new(ManualClock::new(chrono_now_ms()));
-    let mesh = TestMesh::start_with(Backend::Embedded, Options { clock: Some(clock.clone()), configure: None }).await;
+    let mesh =
+        TestMesh::start_with(Backend::Embedded, Options { clock: Some(clock.clone()), ..Options::default() }).await;
     mesh.receive("A", "L1", 1).await;
     mesh.reserve("H1", &[("A", "L1", 1)], 10_000).await.unwrap();
     clock.advance_ms(11_000);

@@ -1,0 +1,375 @@
+//! Faults the mesh must survive, each injected for real: Redis losing all its data in the middle
+//! of a replay (FLUSHALL) and at startup (empty or foreign), `kill -9` of the process during a
+//! burst of reserves and confirms, and Redis or PostgreSQL becoming unreachable and coming back.
+//! Every test breaks a private redis-server (or a proxy in front of a store), never the shared one.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use inventory_mesh::{
+    mesh::ServiceKind,
+    rebuild,
+    replay::{self, ReplayOptions, Targets},
+};
+use mesh_proto::{
+    availability::v1::{self as av, availability_service_client::AvailabilityServiceClient},
+    reservation::v1::{self as rv, reservation_service_client::ReservationServiceClient},
+};
+use test_support::{Backend, FaultProxy, Options, RedisProcess, TestMesh, parts};
+use tonic::Code;
+
+fn dataset() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/olist-ecommerce-subset")
+}
+
+fn channel(mesh: &TestMesh, kind: ServiceKind) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.addrs[&kind])).unwrap().connect_lazy()
+}
+
+fn fast_checks(s: &mut service_kit::config::Settings) {
+    s.redis.origin_check_interval = Duration::from_millis(200);
+    s.reservation.stale_claim_after = Duration::from_millis(1_500);
+    s.database.acquire_timeout = Duration::from_secs(1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flushall_in_the_middle_of_a_replay_is_rebuilt_and_nothing_is_oversold() {
+    let redis = RedisProcess::start(&[]).await;
+    let options =
+        Options { redis_url: Some(redis.url()), configure: Some(Box::new(fast_checks)), ..Options::default() };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    let targets = Targets {
+        availability: channel(&mesh, ServiceKind::Availability),
+        reservation: channel(&mesh, ServiceKind::Reservation),
+        sourcing: channel(&mesh, ServiceKind::Sourcing),
+        replenishment: channel(&mesh, ServiceKind::Replenishment),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (done, url) = (done.clone(), redis.url());
+        tokio::spawn(async move {
+            // Wait until orders are flowing (holds and commitments exist), then lose everything.
+            let client = redis::Client::open(url).unwrap();
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let keys: i64 = redis::cmd("DBSIZE").query_async(&mut connection).await.unwrap();
+                if done.load(Ordering::SeqCst) {
+                    return None;
+                }
+                if keys > 200 && started.elapsed() > Duration::from_secs(4) {
+                    let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await.unwrap();
+                    return Some(keys);
+                }
+            }
+        })
+    };
+    let options = ReplayOptions {
+        dataset: dataset(),
+        stock_factor: 1.0,
+        limit: Some(800),
+        run_id: "f".into(),
+        show_progress: false,
+    };
+    let report = replay::replay(&options, &targets).await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    let flushed_keys = flusher.await.unwrap();
+    assert!(flushed_keys.is_some(), "the replay ended before the FLUSHALL: make it longer");
+    assert_eq!(report.units_oversold, 0, "{report:#?}");
+    assert!(report.invariants_ok, "{:#?}", report.invariant_differences);
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+/// Builds a small state: stock of A and B, a live hold, a confirmed order partly shipped.
+async fn seed(mesh: &TestMesh) {
+    mesh.receive("A", "L1", 10).await;
+    mesh.receive("B", "L1", 4).await;
+    mesh.reserve("hold", &[("A", "L1", 2)], 600_000).await.unwrap();
+    mesh.reserve("order", &[("A", "L1", 3), ("B", "L1", 1)], 600_000).await.unwrap();
+    mesh.confirm("order").await.unwrap();
+    let mut shipment =
+        test_support::event("ship-1", av::EventType::Shipment, "A", "L1", 1, service_kit::time::now_ms());
+    shipment.reservation_id = "order".into();
+    mesh.event(shipment).await;
+}
+
+async fn view(mesh: &TestMesh) -> Vec<(i64, i64, i64, i64)> {
+    vec![parts(&mesh.cell("A", "L1").await), parts(&mesh.cell("B", "L1").await)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_flushed_or_foreign_redis_is_rebuilt_from_the_durable_store() {
+    let redis = RedisProcess::start(&[]).await;
+    let options = Options { redis_url: Some(redis.url()), ..Options::default() };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    seed(&mesh).await;
+    let expected = view(&mesh).await;
+    assert_eq!(expected, vec![(9, 2, 2, 5), (4, 0, 1, 3)]);
+    let db = service_kit::db::connect(&mesh.settings.database).await.unwrap();
+    // Nothing to do while Redis holds what the store says.
+    assert_eq!(rebuild::ensure(&mesh.engine, &db, false).await.unwrap(), None);
+    // FLUSHALL: every position, hold and commitment comes back.
+    let _: () = redis.command(&redis::cmd("FLUSHALL")).await;
+    assert_eq!(view(&mesh).await, vec![(0, 0, 0, 0), (0, 0, 0, 0)]);
+    let report = rebuild::ensure(&mesh.engine, &db, false).await.unwrap().unwrap();
+    assert_eq!(
+        (report.reason.as_str(), report.skus, report.cells_written, report.holds_added, report.commitments_added),
+        ("flushed", 2, 2, 1, 2)
+    );
+    assert_eq!(view(&mesh).await, expected);
+    mesh.assert_reconciled().await;
+    // A foreign instance's data: its SKUs are cleared, ours rebuilt.
+    let _: () =
+        redis.command(redis::cmd("SET").arg(format!("{}im:origin", mesh.settings.redis.key_prefix)).arg("other")).await;
+    let _: () = redis
+        .command(redis::cmd("SADD").arg(format!("{}im:skus", mesh.settings.redis.key_prefix)).arg("FOREIGN"))
+        .await;
+    let report = rebuild::ensure(&mesh.engine, &db, false).await.unwrap().unwrap();
+    assert_eq!((report.reason.as_str(), report.foreign_skus_cleared), ("foreign", 3));
+    assert_eq!(view(&mesh).await, expected);
+    // The command users run does the same against a running mesh, whatever it finds.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_inventory-mesh"))
+        .arg("rebuild")
+        .env("DATABASE_URL", &mesh.settings.database.url)
+        .env("REDIS_URL", redis.url())
+        .env("REDIS_KEY_PREFIX", &mesh.settings.redis.key_prefix)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_slice(output.stdout.trim_ascii()).unwrap();
+    assert_eq!(
+        (line["reason"].as_str(), line["skus"].as_u64(), line["holds_added"].as_u64()),
+        (Some("forced"), Some(2), Some(0))
+    );
+    assert_eq!(view(&mesh).await, expected);
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_unreachable_fails_fast_changes_nothing_and_recovers_by_itself() {
+    let redis = RedisProcess::start(&[]).await;
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let options = Options {
+        redis_url: Some(format!("redis://{}", proxy.addr)),
+        configure: Some(Box::new(fast_checks)),
+        ..Options::default()
+    };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    mesh.receive("A", "L1", 5).await;
+    mesh.reserve("before", &[("A", "L1", 1)], 600_000).await.unwrap();
+    proxy.cut().await;
+    let started = Instant::now();
+    let mut request = tonic::Request::new(rv::CreateReservationRequest {
+        reservation_id: "during".into(),
+        lines: vec![rv::ReservationLine {
+            sku: "A".into(),
+            location_id: "L1".into(),
+            quantity_units: 2,
+            ..Default::default()
+        }],
+        ttl_ms: 600_000,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let error = mesh.reservation.clone().create_reservation(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let confirm = mesh.confirm("before").await.unwrap_err();
+    assert_eq!(confirm.code(), Code::Unavailable, "{confirm:?}");
+    // Back: the same calls work without a restart, the failed reserve left nothing behind and its
+    // retry (same id) holds exactly once.
+    proxy.restore();
+    let mut held = None;
+    for _ in 0..50 {
+        match mesh.reserve("during", &[("A", "L1", 2)], 600_000).await {
+            Ok(r) => {
+                held = Some(r);
+                break;
+            }
+            Err(e) if matches!(e.code(), Code::Unavailable | Code::Aborted) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(held.expect("recovered").status, rv::ReservationStatus::Held as i32);
+    mesh.confirm("before").await.unwrap();
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 2, 1, 2));
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_fails_fast_changes_nothing_and_recovers_by_itself() {
+    let database = test_support::fresh_postgres_database().await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let via_proxy = database.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(via_proxy, database, "DATABASE_URL must point at 127.0.0.1:5432 for this test");
+    let options = Options {
+        configure: Some(Box::new(move |s: &mut service_kit::config::Settings| {
+            fast_checks(s);
+            s.database.url = via_proxy;
+        })),
+        ..Options::default()
+    };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    mesh.receive("A", "L1", 5).await;
+    proxy.cut().await;
+    let started = Instant::now();
+    let mut request = tonic::Request::new(rv::CreateReservationRequest {
+        reservation_id: "during".into(),
+        lines: vec![rv::ReservationLine {
+            sku: "A".into(),
+            location_id: "L1".into(),
+            quantity_units: 2,
+            ..Default::default()
+        }],
+        ttl_ms: 600_000,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let error = mesh.reservation.clone().create_reservation(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    // Nothing was held: the claim could not be written, so the counter step never ran.
+    assert_eq!(mesh.engine.read_cells(&[mesh_counters::Cell::new("A", "L1")]).await.unwrap()[0].held, 0);
+    proxy.restore();
+    let mut held = None;
+    for _ in 0..50 {
+        match mesh.reserve("during", &[("A", "L1", 2)], 600_000).await {
+            Ok(r) => {
+                held = Some(r);
+                break;
+            }
+            Err(e) if matches!(e.code(), Code::Unavailable | Code::Aborted) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(held.expect("recovered").status, rv::ReservationStatus::Held as i32);
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 2, 0, 3));
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+/// Starts `inventory-mesh run` on free ports against the given stores.
+fn spawn_mesh(database: &str, redis: &str, ports: &[u16; 4]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_inventory-mesh"))
+        .arg("run")
+        .env("DATABASE_URL", database)
+        .env("REDIS_URL", redis)
+        .env("MESH__AVAILABILITY__LISTEN_ADDR", format!("127.0.0.1:{}", ports[0]))
+        .env("MESH__RESERVATION__LISTEN_ADDR", format!("127.0.0.1:{}", ports[1]))
+        .env("MESH__SOURCING__LISTEN_ADDR", format!("127.0.0.1:{}", ports[2]))
+        .env("MESH__REPLENISHMENT__LISTEN_ADDR", format!("127.0.0.1:{}", ports[3]))
+        .env("MESH__RESERVATION__STALE_CLAIM_AFTER", "1s")
+        .env("MESH__RESERVATION__SWEEP_INTERVAL", "200ms")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for(port: u16) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    for _ in 0..300 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the mesh did not open port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orphan_hold() {
+    let redis = RedisProcess::start(&[]).await;
+    let database = test_support::fresh_postgres_database().await;
+    let ports: [u16; 4] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let mut process = spawn_mesh(&database, &redis.url(), &ports);
+    let mut availability = AvailabilityServiceClient::new(wait_for(ports[0]).await);
+    let reservation = ReservationServiceClient::new(wait_for(ports[1]).await);
+    let skus: Vec<String> = (0..8).map(|i| format!("K{i}")).collect();
+    let events = skus
+        .iter()
+        .map(|sku| {
+            test_support::event(
+                &format!("r-{sku}"),
+                av::EventType::Receipt,
+                sku,
+                "L1",
+                1_000,
+                service_kit::time::now_ms(),
+            )
+        })
+        .collect();
+    availability.ingest_events(av::IngestEventsRequest { events }).await.unwrap();
+    // 32 clients reserve 2 SKUs and confirm, until the process dies under them.
+    let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (mut client, confirmed, skus) = (reservation.clone(), confirmed.clone(), skus.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("c{c}-{i}");
+                    let lines = [&skus[(c + i) % 8], &skus[(c + i + 3) % 8]]
+                        .iter()
+                        .map(|sku| rv::ReservationLine {
+                            sku: (*sku).clone(),
+                            location_id: "L1".into(),
+                            quantity_units: 1,
+                            ..Default::default()
+                        })
+                        .collect();
+                    let create = rv::CreateReservationRequest {
+                        reservation_id: id.clone(),
+                        lines,
+                        ttl_ms: 600_000,
+                        ..Default::default()
+                    };
+                    if client.create_reservation(create).await.is_err() {
+                        return;
+                    }
+                    let confirm = rv::ConfirmReservationRequest { reservation_id: id.clone(), occurred_at: None };
+                    if client.confirm_reservation(confirm).await.is_err() {
+                        return;
+                    }
+                    confirmed.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    process.kill().unwrap(); // SIGKILL
+    process.wait().unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acknowledged = confirmed.lock().unwrap().clone();
+    assert!(acknowledged.len() > 10, "the burst was too short: {}", acknowledged.len());
+    // Restart on the same stores; every acknowledged confirm is there, every unit is held by a
+    // recorded hold or free (the sweeper settles claims the crash left), reconcile is clean.
+    let mut process = spawn_mesh(&database, &redis.url(), &ports);
+    let mut reservation = ReservationServiceClient::new(wait_for(ports[1]).await);
+    for id in &acknowledged {
+        let got = reservation.get_reservation(rv::GetReservationRequest { reservation_id: id.clone() }).await.unwrap();
+        assert_eq!(got.into_inner().reservation.unwrap().status, rv::ReservationStatus::Confirmed as i32, "{id}");
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let report =
+        inventory_mesh::reconcile::reconcile(wait_for(ports[0]).await, wait_for(ports[1]).await).await.unwrap();
+    assert!(report.is_clean(), "{:#?}", report.differences);
+    process.kill().unwrap();
+    process.wait().unwrap();
+}
