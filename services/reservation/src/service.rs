@@ -398,11 +398,16 @@ impl Reservations {
             };
         }
         if state.now_ms < reservation.expires_at_ms {
-            // Not expired: a concurrent release took the hold; its record follows in a moment.
-            return match self.wait_while_held(&reservation_id, 100).await? {
-                Some(current) => Ok((current, 0)),
-                None => Err(ReservationError::InProgress(reservation_id)),
-            };
+            // Not expired: a concurrent release took the hold (its record follows in a moment), or
+            // the counter store lost it (B23). Either way the reservation ends released.
+            if let Some(current) = self.wait_while_held(&reservation_id, 50).await? {
+                return Ok((current, 0));
+            }
+            let per_line: Vec<(Cell, i64)> = cells.iter().map(|c| (c.clone(), 0)).collect();
+            self.store
+                .release_lines(&reservation_id, Status::Held, &per_line, true, "released (the hold was lost)")
+                .await?;
+            return Ok((self.load(&reservation_id).await?, 0));
         }
         // Nothing live, nothing committed, deadline passed: the hold expired.
         self.store

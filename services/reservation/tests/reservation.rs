@@ -761,3 +761,47 @@ backend_tests!(releasing_some_lines_frees_only_them_and_the_rest_confirms, clust
     assert_eq!((last.released_units, last.reservation.unwrap().status), (1, rv::ReservationStatus::Released as i32));
     assert_eq!(parts(&mesh.cell("A", "L1").await), (15, 0, 0, 15));
 });
+
+backend_tests!(a_hold_lost_in_a_failover_is_never_committed_twice_b23, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 5).await;
+    mesh.reserve("C1", &[("A", "L1", 5)], TTL).await.unwrap();
+    // The failover drops C1's acknowledged hold from the counters (the durable record keeps it).
+    let lost = mesh
+        .engine
+        .release("C1", mesh_counters::ReleasePart::Hold, &[mesh_counters::Cell::new("A", "L1")])
+        .await
+        .unwrap();
+    assert_eq!(lost.hold_units, 5);
+    mesh.reserve("C2", &[("A", "L1", 5)], TTL).await.unwrap();
+    // Reconcile reports the drift between the counters and the ledger.
+    let report = inventory_mesh::reconcile::reconcile(
+        tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            mesh.addrs[&inventory_mesh::mesh::ServiceKind::Availability]
+        ))
+        .unwrap()
+        .connect_lazy(),
+        tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            mesh.addrs[&inventory_mesh::mesh::ServiceKind::Reservation]
+        ))
+        .unwrap()
+        .connect_lazy(),
+    )
+    .await
+    .unwrap();
+    let drift: Vec<(String, i64, i64)> =
+        report.differences.iter().map(|d| (d.field.clone(), d.counter_value, d.expected_value)).collect();
+    assert_eq!(drift, vec![("hold_record".to_owned(), 0, 5)]);
+    // Confirm re-checks the counters: exactly one of the two commits.
+    assert_eq!(reason(&mesh.confirm("C1").await.unwrap_err()), "HOLD_LOST");
+    mesh.confirm("C2").await.unwrap();
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 5, 0));
+    // Releasing the lost hold ends it without giving back units it no longer has.
+    let released = mesh.release("C1").await.unwrap();
+    assert_eq!(
+        (released.released_units, released.reservation.unwrap().status),
+        (0, rv::ReservationStatus::Released as i32)
+    );
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 5, 0));
+});
