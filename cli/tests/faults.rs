@@ -373,3 +373,151 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orpha
     process.kill().unwrap();
     process.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_holds_expiring_at_once_among_a_million_keys_are_recorded_within_a_second_b16() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let redis = RedisProcess::start(&["--enable-debug-command", "yes"]).await;
+    let _: () = redis.command(redis::cmd("DEBUG").arg("POPULATE").arg(1_000_000).arg("unrelated")).await;
+    let options = Options {
+        redis_url: Some(redis.url()),
+        configure: Some(Box::new(|s: &mut service_kit::config::Settings| {
+            s.reservation.sweep_interval = Duration::from_millis(200);
+        })),
+        ..Options::default()
+    };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    for sku in 0..10 {
+        mesh.receive(&format!("S{sku}"), "L1", 1_000).await;
+    }
+    mesh.receive("OTHER", "L1", 100_000).await;
+    // Every hold gets the same absolute deadline: each asks for the time left until it.
+    let deadline_ms = service_kit::time::now_ms() + 40_000;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let creators: Vec<_> = (0..32)
+        .map(|_| {
+            let (mut client, next) = (mesh.reservation.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 10_000 {
+                        return;
+                    }
+                    let ttl_ms = (deadline_ms - service_kit::time::now_ms()) as u64;
+                    let line = rv::ReservationLine {
+                        sku: format!("S{}", i % 10),
+                        location_id: "L1".into(),
+                        quantity_units: 1,
+                        ..Default::default()
+                    };
+                    let request = rv::CreateReservationRequest {
+                        reservation_id: format!("h{i}"),
+                        lines: vec![line],
+                        ttl_ms,
+                        ..Default::default()
+                    };
+                    client.create_reservation(request).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for creator in creators {
+        creator.await.unwrap();
+    }
+    assert!(service_kit::time::now_ms() < deadline_ms - 1_000, "creating the holds took too long for this test");
+    // Buyers keep reserving another SKU across the expiry instant: no error, bounded latency.
+    let stop_at = deadline_ms + 3_000;
+    let buyers: Vec<_> = (0..8)
+        .map(|b| {
+            let mut client = mesh.reservation.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while service_kit::time::now_ms() < stop_at {
+                    let line = rv::ReservationLine {
+                        sku: "OTHER".into(),
+                        location_id: "L1".into(),
+                        quantity_units: 1,
+                        ..Default::default()
+                    };
+                    let request = rv::CreateReservationRequest {
+                        reservation_id: format!("b{b}-{i}"),
+                        lines: vec![line],
+                        ttl_ms: 600_000,
+                        ..Default::default()
+                    };
+                    let started = Instant::now();
+                    client.create_reservation(request).await.unwrap();
+                    latencies.push(started.elapsed());
+                    i += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let db = service_kit::db::connect(&mesh.settings.database).await.unwrap();
+    let count = Statement::from_string(
+        db.get_database_backend(),
+        "SELECT COUNT(*) FROM reservation_reservations WHERE status = 4",
+    );
+    let mut recorded_at = None;
+    while service_kit::time::now_ms() < deadline_ms + 5_000 {
+        let expired: i64 = db.query_one_raw(count.clone()).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        if expired == 10_000 {
+            recorded_at = Some(service_kit::time::now_ms() - deadline_ms);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for buyer in buyers {
+        latencies.extend(buyer.await.unwrap());
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "b16 scale: EXPIRED recorded {recorded_at:?} ms after the deadline; concurrent reserves p99 {p99:?} over {}",
+        latencies.len()
+    );
+    let recorded_at = recorded_at.expect("all 10,000 holds recorded EXPIRED");
+    assert!(recorded_at <= 1_000, "recorded {recorded_at} ms after the deadline");
+    assert!(p99 < Duration::from_secs(1), "reserves stalled during the mass expiry: p99 {p99:?}");
+    for sku in 0..10 {
+        assert_eq!(parts(&mesh.cell(&format!("S{sku}"), "L1").await), (1_000, 0, 0, 1_000));
+    }
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_reserve_after_a_failover_to_a_replica_without_scripts_succeeds_once_b19() {
+    let primary = RedisProcess::start(&["--repl-diskless-sync-delay", "0"]).await;
+    let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
+    let proxy = FaultProxy::start(primary.addr()).await;
+    let options = Options { redis_url: Some(format!("redis://{}", proxy.addr)), ..Options::default() };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    mesh.receive("A", "L1", 5).await;
+    mesh.reserve("before", &[("A", "L1", 1)], 600_000).await.unwrap();
+    // Wait until the replica has the hold, then promote it and send every connection there.
+    let held_key = format!("{}im:{{A}}:cells", mesh.settings.redis.key_prefix);
+    for _ in 0..250 {
+        let held: Option<String> = replica.command(redis::cmd("HGET").arg(&held_key).arg("h:L1")).await;
+        if held.as_deref() == Some("1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let synced: Option<String> = replica.command(redis::cmd("HGET").arg(&held_key).arg("h:L1")).await;
+    assert_eq!(synced.as_deref(), Some("1"), "the replica never caught up");
+    let _: () = replica.command(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await;
+    let scripts: Vec<bool> =
+        replica.command(redis::cmd("SCRIPT").arg("EXISTS").arg("0000000000000000000000000000000000000000")).await;
+    assert_eq!(scripts, vec![false]);
+    proxy.switch_to(replica.addr()).await;
+    // The replica never loaded the scripts: the call meets NOSCRIPT, loads them, and holds once.
+    let after = mesh.reserve("after", &[("A", "L1", 1)], 600_000).await.unwrap();
+    assert_eq!(after.status, rv::ReservationStatus::Held as i32);
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 2, 0, 3));
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}

@@ -175,7 +175,12 @@ impl RedisEngine {
     /// Runs one command (routed by its first key on a cluster).
     pub async fn command<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> CounterResult<T> {
         let mut connection = self.connection.clone();
-        cmd.query_async(&mut connection).await.map_err(CounterError::from_redis)
+        match cmd.query_async(&mut connection).await {
+            Err(error) if never_sent(&error) => {
+                cmd.query_async(&mut connection).await.map_err(CounterError::from_redis)
+            }
+            other => other.map_err(CounterError::from_redis),
+        }
     }
 
     /// Splits SKUs into the groups one script may touch: all of them on standalone Redis, one group
@@ -204,7 +209,16 @@ impl RedisEngine {
 
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> CounterResult<Vec<String>> {
         let mut connection = self.connection.clone();
-        invocation.invoke_async(&mut connection).await.map_err(CounterError::from_redis)
+        match invocation.invoke_async(&mut connection).await {
+            // The connection had closed before the call was written (a restart or failover since
+            // the last call): it never reached Redis, so sending it again on a new connection is
+            // safe. Any other I/O error may have run the script and is returned as it is.
+            Err(error) if never_sent(&error) => {
+                tracing::info!(%error, "counter store connection was closed; retrying once on a new one");
+                invocation.invoke_async(&mut connection).await.map_err(CounterError::from_redis)
+            }
+            other => other.map_err(CounterError::from_redis),
+        }
     }
 
     /// Runs a per-cell script on the cells of one slot group: ARGV = id, extra args, count,
@@ -590,6 +604,20 @@ impl RedisEngine {
         skus.sort();
         Ok(skus)
     }
+}
+
+/// Tells whether a call failed because its connection was already closed (the client reports a
+/// broken pipe without writing anything).
+fn never_sent(error: &redis::RedisError) -> bool {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        source = e.source();
+    }
+    error.is_io_error() && error.to_string().contains("broken pipe")
 }
 
 fn group_of(skus: &[String], sku: &str) -> usize {

@@ -578,7 +578,8 @@ impl RedisProcess {
     /// Runs a command on it.
     pub async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut connection = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
         cmd.query_async(&mut connection).await.unwrap()
     }
 }

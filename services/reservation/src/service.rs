@@ -16,8 +16,11 @@ use crate::{
     store::{ReservationStore, StoredReservation},
 };
 
-/// Most held-past-deadline reservations one sweep step looks at.
-const SWEEP_BATCH: u64 = 2_000;
+/// Most held-past-deadline reservations one sweep step looks at (a sweep repeats its step until
+/// fewer are due, so 10,000 holds expiring at once are recorded in one sweep of a few steps).
+const SWEEP_BATCH: u64 = 5_000;
+/// A counter-store clock this far from ours is reported (B18: a jump expires holds early).
+const CLOCK_SKEW_ALERT_MS: i64 = 5_000;
 
 /// The reservation service's logic, shared by the gRPC handlers and the sweeper.
 #[derive(Clone)]
@@ -35,12 +38,14 @@ pub struct Reservations {
 }
 
 /// What a confirm found.
+#[derive(Debug)]
 pub struct Confirmed {
     pub reservation: StoredReservation,
     pub already_confirmed: bool,
 }
 
 /// What an extend did.
+#[derive(Debug)]
 pub struct Extended {
     pub reservation: StoredReservation,
     pub capped: bool,
@@ -54,6 +59,8 @@ pub struct Sweep {
     pub claims_settled: usize,
     /// True when this sweep raised a mass-expiry alert.
     pub mass_expiry: bool,
+    /// The counter store's clock minus ours, in ms (it decides expiry).
+    pub clock_skew_ms: i64,
 }
 
 impl Sweep {
@@ -533,7 +540,37 @@ impl Reservations {
     /// recovers confirms a crash left unrecorded, and settles stale claims.
     pub async fn sweep(&self) -> ReservationResult<Sweep> {
         let now = crate::store::now_ms();
-        let mut sweep = Sweep::default();
+        let mut sweep =
+            Sweep { clock_skew_ms: self.engine.hold_state("clock", &[]).await?.now_ms - now, ..Sweep::default() };
+        if sweep.clock_skew_ms.abs() > CLOCK_SKEW_ALERT_MS {
+            tracing::error!(
+                skew_ms = sweep.clock_skew_ms,
+                "CLOCK_SKEW: the counter store's clock differs from this service's; holds expire by the counter store's clock"
+            );
+        }
+        let mut live_holds_total = 0usize;
+        for _ in 0..10 {
+            let step = self.sweep_due(now, &mut sweep, &mut live_holds_total).await?;
+            if step < SWEEP_BATCH as usize {
+                break;
+            }
+        }
+        let ratio = sweep.expired as f64 / (sweep.expired + live_holds_total).max(1) as f64;
+        if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
+            sweep.mass_expiry = true;
+            tracing::error!(
+                expired = sweep.expired,
+                still_live = live_holds_total,
+                "MASS_EXPIRY: one sweep expired more than {:.0}% of the holds it saw; check the counter store's clock",
+                self.mass_expiry_ratio * 100.0
+            );
+        }
+        self.settle_stale_claims(now, &mut sweep).await?;
+        Ok(sweep)
+    }
+
+    /// One batch of held-past-deadline records; returns how many were due.
+    async fn sweep_due(&self, now: i64, sweep: &mut Sweep, live_holds_total: &mut usize) -> ReservationResult<usize> {
         let due = self.store.held_past_deadline_with_lines(now, SWEEP_BATCH).await?;
         if !due.is_empty() {
             let mut skus: Vec<String> =
@@ -542,10 +579,10 @@ impl Reservations {
             skus.dedup();
             let mut live: HashSet<(String, Cell)> = HashSet::new();
             let mut committed: HashSet<(String, Cell)> = HashSet::new();
-            let mut live_holds_total = 0usize;
+            *live_holds_total = 0;
             for chunk in skus.chunks(200) {
                 for snapshot in self.engine.snapshot(chunk).await? {
-                    live_holds_total += snapshot.holds.len();
+                    *live_holds_total += snapshot.holds.len();
                     for hold in snapshot.holds {
                         live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
                     }
@@ -586,18 +623,13 @@ impl Reservations {
                     expired.push(reservation_id.clone());
                 }
             }
-            sweep.expired = self.store.expire_many(&expired).await?;
-            let ratio = sweep.expired as f64 / (sweep.expired + live_holds_total).max(1) as f64;
-            if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
-                sweep.mass_expiry = true;
-                tracing::error!(
-                    expired = sweep.expired,
-                    still_live = live_holds_total,
-                    "MASS_EXPIRY: one sweep expired more than {:.0}% of the holds it saw; check the counter store's clock",
-                    self.mass_expiry_ratio * 100.0
-                );
-            }
+            sweep.expired += self.store.expire_many(&expired).await?;
         }
+        Ok(due.len())
+    }
+
+    /// Settles PENDING claims older than `stale_claim_after`.
+    async fn settle_stale_claims(&self, now: i64, sweep: &mut Sweep) -> ReservationResult<()> {
         for reservation_id in self.store.stale_claims(now - self.stale_claim_ms, 100).await? {
             let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
             let cells = reservation.all_cells();
@@ -622,7 +654,7 @@ impl Reservations {
             }
             sweep.claims_settled += 1;
         }
-        Ok(sweep)
+        Ok(())
     }
 }
 

@@ -557,7 +557,7 @@ impl ReservationStore {
             .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.reservation_id.clone()).collect();
         let mut cells: std::collections::HashMap<String, Vec<Cell>> = Default::default();
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(5_000) {
             let lines = line::Entity::find()
                 .filter(line::Column::ReservationId.is_in(chunk.iter().cloned()))
                 .filter(line::Column::ReservedUnits.gt(0))

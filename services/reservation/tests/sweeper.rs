@@ -1,0 +1,105 @@
+//! The sweeper driven directly (no gRPC), on SQLite and the in-process engine with a manual clock:
+//! a clock jump on the counter store is reported (B18), a sweep that expires most holds at once
+//! raises a mass-expiry alert, and thousands of holds expiring together are recorded in one sweep.
+use std::{sync::Arc, time::Duration};
+
+use mesh_counters::{Cell, CellUnits, CounterEngine, ManualClock, MemoryEngine, PhysicalChange, ReservePolicy};
+use reservation::{domain::NewReservation, service::Reservations, store::ReservationStore};
+use sea_orm_migration::MigratorTrait;
+
+async fn reservations(clock: Arc<ManualClock>) -> (Reservations, CounterEngine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = service_kit::config::DatabaseSettings {
+        url: format!("sqlite://{}/r.sqlite?mode=rwc", dir.path().display()),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let db = service_kit::db::connect(&settings).await.unwrap();
+    reservation::migration::Migrator::up(&db, None).await.unwrap();
+    let engine = CounterEngine::Memory(Arc::new(MemoryEngine::new(clock)));
+    (Reservations::new(ReservationStore::new(db), engine.clone(), None), engine, dir)
+}
+
+async fn stock(engine: &CounterEngine, sku: &str, units: i64) {
+    engine
+        .apply_physical(&PhysicalChange { cell: Cell::new(sku, "L1"), on_hand: units, version: 1, fulfil: None })
+        .await
+        .unwrap();
+}
+
+fn hold(id: &str, sku: &str, ttl_ms: u64) -> NewReservation {
+    NewReservation {
+        reservation_id: id.into(),
+        order_id: String::new(),
+        channel_id: String::new(),
+        lines: vec![CellUnits { cell: Cell::new(sku, "L1"), units: 1 }],
+        ttl_ms,
+        policy: ReservePolicy::AllOrNothing,
+    }
+}
+
+#[tokio::test]
+async fn a_forward_clock_jump_on_the_counter_store_is_reported_and_holds_expire_by_its_clock_b18() {
+    let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
+    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    stock(&engine, "A", 100).await;
+    for i in 0..100 {
+        reservations.create(&hold(&format!("h{i}"), "A", 600_000)).await.unwrap();
+    }
+    assert_eq!(engine.read_cells(&[Cell::new("A", "L1")]).await.unwrap()[0].held, 100);
+    let calm = reservations.sweep().await.unwrap();
+    assert!(calm.clock_skew_ms.abs() < 1_000, "{calm:?}");
+    // The counter store's clock jumps forward one hour.
+    clock.advance_ms(3_600_000);
+    let sweep = reservations.sweep().await.unwrap();
+    assert!((3_599_000..3_601_000).contains(&sweep.clock_skew_ms), "{sweep:?}");
+    // Its clock decides: the holds are gone and a confirm is refused as expired, never honoured.
+    assert_eq!(engine.read_cells(&[Cell::new("A", "L1")]).await.unwrap()[0].held, 0);
+    let refused = reservations.confirm("h0", None).await.unwrap_err();
+    assert_eq!(refused.to_string(), "HOLD_EXPIRED: hold h0 expired before it was confirmed");
+}
+
+#[tokio::test]
+async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
+    let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
+    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    stock(&engine, "A", 200).await;
+    for i in 0..100 {
+        reservations.create(&hold(&format!("short{i}"), "A", 100)).await.unwrap();
+    }
+    for i in 0..10 {
+        reservations.create(&hold(&format!("long{i}"), "A", 600_000)).await.unwrap();
+    }
+    // Both clocks move past the short deadlines (the service's by waiting).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance_ms(200);
+    let sweep = reservations.sweep().await.unwrap();
+    assert_eq!((sweep.expired, sweep.mass_expiry), (100, true), "{sweep:?}");
+    // A normal trickle raises nothing.
+    reservations.create(&hold("one", "A", 100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance_ms(200);
+    let sweep = reservations.sweep().await.unwrap();
+    assert_eq!((sweep.expired, sweep.mass_expiry), (1, false), "{sweep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_holds_expiring_together_are_recorded_in_one_sweep_b16() {
+    let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
+    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    for sku in 0..10 {
+        stock(&engine, &format!("S{sku}"), 1_000).await;
+    }
+    for i in 0..10_000 {
+        reservations.create(&hold(&format!("h{i}"), &format!("S{}", i % 10), 150)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance_ms(60_000);
+    let sweep = reservations.sweep().await.unwrap();
+    assert_eq!(sweep.expired, 10_000, "{sweep:?}");
+    for sku in 0..10 {
+        assert_eq!(engine.read_cells(&[Cell::new(format!("S{sku}"), "L1")]).await.unwrap()[0].held, 0);
+    }
+    let sample = reservations.confirm("h9999", None).await.unwrap_err();
+    assert!(sample.to_string().starts_with("HOLD_EXPIRED"), "{sample}");
+}
