@@ -9,7 +9,7 @@ DATASET ?= ../shared/data/olist-ecommerce-subset
 STOCK_FACTOR ?= 1.0
 
 .PHONY: help build run run-availability run-reservation run-sourcing run-replenishment \
-	test replay lint helm-lint tools
+	test replay lint helm-lint tools bench redis-cluster
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,13 @@ test: tools ## Run every test: nextest over the workspace, grpcurl smoke test, H
 	cargo nextest run --workspace --no-fail-fast
 	bash scripts/grpcurl-smoke.sh
 	bash scripts/helm-check.sh
+
+bench: ## Benchmark Reserve against the RPC ceiling, EVALSHA and PostgreSQL row locks (~10 min; writes BENCHMARKS.md)
+	cargo build --release -p inventory-mesh -p mesh-bench
+	target/release/mesh-bench run --mesh-binary target/release/inventory-mesh $(BENCH_ARGS)
+
+redis-cluster: ## Start a 3-master Redis Cluster on 127.0.0.1:7101-7103 (the tests start it themselves)
+	bash scripts/redis-cluster.sh start
 
 replay: ## Replay DATASET through the mesh (DATASET=dir STOCK_FACTOR=1.0)
 	cargo run --release -p inventory-mesh -- replay --dataset $(DATASET) --stock-factor $(STOCK_FACTOR)

@@ -172,6 +172,8 @@ pub struct PhysicalChange {
     pub version: i64,
     /// A shipment fulfilling this reservation's commitment by up to this many units.
     pub fulfil: Option<(String, i64)>,
+    /// The event's id: a fulfilment is applied at most once per event id.
+    pub event_id: String,
 }
 
 /// The counters after a physical change.

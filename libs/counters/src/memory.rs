@@ -71,6 +71,8 @@ struct SkuState {
     holds: BTreeMap<(String, String), (i64, i64)>,
     /// (reservation id, location) → units still committed
     commitments: BTreeMap<(String, String), i64>,
+    /// Shipment event id → units it fulfilled (a fulfilment applies once per event).
+    fulfilled_events: HashMap<String, i64>,
 }
 
 impl SkuState {
@@ -166,7 +168,11 @@ impl MemoryEngine {
                 cell.version = change.version;
             }
             let mut fulfilled = 0;
-            if let Some((rid, units)) = &change.fulfil {
+            let done =
+                (!change.event_id.is_empty()).then(|| sku.fulfilled_events.get(&change.event_id).copied()).flatten();
+            if let Some(done) = done {
+                fulfilled = done;
+            } else if let Some((rid, units)) = &change.fulfil {
                 let key = (rid.clone(), loc.to_owned());
                 let remaining = sku.commitments.get(&key).copied().unwrap_or(0);
                 fulfilled = remaining.min(*units).max(0);
@@ -177,6 +183,9 @@ impl MemoryEngine {
                     } else {
                         sku.commitments.insert(key, remaining - fulfilled);
                     }
+                }
+                if !change.event_id.is_empty() {
+                    sku.fulfilled_events.insert(change.event_id.clone(), fulfilled);
                 }
             }
             Ok(PhysicalOutcome { counters: sku.counters(loc), fulfilled_units: fulfilled })

@@ -36,6 +36,7 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/exte
 static HOLD_STATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/hold_state.lua")));
 static PHYSICAL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/physical.lua")));
 static SET_SAFETY: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/set_safety.lua")));
+static REHOLD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/rehold.lua")));
 static RESTORE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/restore.lua")));
 static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/snapshot.lua")));
 
@@ -278,13 +279,15 @@ impl RedisEngine {
                 let value = int(&values, at + 1)?;
                 at += 2;
                 let Some((kind, loc)) = field.split_once(':') else { continue };
+                if !matches!(kind, "oh" | "h" | "c" | "s") {
+                    continue; // versions and fulfilment records are not counters
+                }
                 let counters = cells.entry(loc.to_owned()).or_default();
                 match kind {
                     "oh" => counters.on_hand = value,
                     "h" => counters.held = value,
                     "c" => counters.committed = value,
-                    "s" => counters.safety = value,
-                    _ => {}
+                    _ => counters.safety = value,
                 }
             }
             snapshot.cells = cells.into_iter().collect();
@@ -321,7 +324,13 @@ impl RedisEngine {
         let skus = [change.cell.sku.clone()];
         let mut invocation = self.invocation(&PHYSICAL, &skus);
         let (reservation_id, units) = change.fulfil.clone().unwrap_or_default();
-        invocation.arg(&change.cell.location).arg(change.on_hand).arg(change.version).arg(reservation_id).arg(units);
+        invocation
+            .arg(&change.cell.location)
+            .arg(change.on_hand)
+            .arg(change.version)
+            .arg(reservation_id)
+            .arg(units)
+            .arg(&change.event_id);
         let values = self.run(&invocation).await?;
         // The SKU index lives outside the SKU's slot; adding to it is idempotent, so it need not be
         // in the same script.
@@ -459,21 +468,25 @@ impl RedisEngine {
             return Ok(ConfirmOutcome::HoldMissing { now_ms: int(&values, 0)? });
         }
         let groups = self.cell_groups(cells);
-        let mut confirmed: Vec<Vec<Cell>> = Vec::new();
+        // Per confirmed group: its cells and the deadlines their holds had.
+        let mut confirmed: Vec<(Vec<Cell>, Vec<i64>)> = Vec::new();
         let mut already = 0;
         let mut now_ms = 0;
         for group in &groups {
             let values = self.run_cells(&CONFIRM, reservation_id, &[], group).await?;
             now_ms = int(&values, 1)?;
             match int(&values, 0)? {
-                1 => confirmed.push(group.clone()),
+                1 => {
+                    let deadlines = (0..group.len()).map(|i| int(&values, 2 + i)).collect::<CounterResult<Vec<_>>>()?;
+                    confirmed.push((group.clone(), deadlines));
+                }
                 2 => already += 1,
                 _ => {
                     // One slot's hold is gone (expired, released or lost): the reservation cannot
-                    // be confirmed, so give back what this call confirmed in the other slots.
-                    for cells in &confirmed {
-                        let extra = ["commitment".to_owned()];
-                        self.run_cells(&RELEASE, reservation_id, &extra, cells).await?;
+                    // be confirmed, so turn what this call confirmed in the other slots back into
+                    // the holds they were (a concurrent release of some lines keeps the rest held).
+                    for (cells, deadlines) in &confirmed {
+                        self.rehold(reservation_id, cells, deadlines).await?;
                     }
                     return Ok(ConfirmOutcome::HoldMissing { now_ms });
                 }
@@ -484,6 +497,17 @@ impl RedisEngine {
         } else {
             ConfirmOutcome::Confirmed { now_ms }
         })
+    }
+
+    async fn rehold(&self, reservation_id: &str, cells: &[Cell], deadlines: &[i64]) -> CounterResult<()> {
+        let skus = unique_skus(cells.iter().map(|c| &c.sku));
+        let mut invocation = self.invocation(&REHOLD, &skus);
+        invocation.arg(reservation_id).arg(cells.len());
+        for (cell, deadline) in cells.iter().zip(deadlines) {
+            invocation.arg(group_of(&skus, &cell.sku)).arg(&cell.location).arg(deadline);
+        }
+        self.run(&invocation).await?;
+        Ok(())
     }
 
     pub(crate) async fn extend(

@@ -72,7 +72,10 @@ async fn stock(engine: &CounterEngine, sku: &str, on_hand: i64) {
         None => 1,
         Some(current) => current + on_hand + 1_000,
     };
-    engine.apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version, fulfil: None }).await.unwrap();
+    engine
+        .apply_physical(&PhysicalChange { cell: cell(sku), on_hand, version, fulfil: None, event_id: String::new() })
+        .await
+        .unwrap();
 }
 
 async fn counters(engine: &CounterEngine, sku: &str) -> CellCounters {
@@ -226,7 +229,15 @@ async fn large_values_are_stored_as_exact_integers() {
     for s in subjects().await {
         let e = &s.engine;
         let big = 1_000_000_000_000_000; // 1e15, the largest on_hand the ledger allows
-        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: big, version: 1, fulfil: None }).await.unwrap();
+        e.apply_physical(&PhysicalChange {
+            cell: cell("A"),
+            on_hand: big,
+            version: 1,
+            fulfil: None,
+            event_id: String::new(),
+        })
+        .await
+        .unwrap();
         e.set_safety(&cell("A"), big - 1).await.unwrap();
         assert_eq!(
             counters(e, "A").await,
@@ -242,7 +253,15 @@ async fn large_values_are_stored_as_exact_integers() {
 async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_units_b12() {
     for s in subjects().await {
         let e = &s.engine;
-        e.apply_physical(&PhysicalChange { cell: cell("B"), on_hand: 100, version: 1, fulfil: None }).await.unwrap();
+        e.apply_physical(&PhysicalChange {
+            cell: cell("B"),
+            on_hand: 100,
+            version: 1,
+            fulfil: None,
+            event_id: String::new(),
+        })
+        .await
+        .unwrap();
         e.reserve("o6", &[line("B", 10)], 60_000).await.unwrap();
         e.confirm("o6", &[cell("B")]).await.unwrap();
         let shipped = e
@@ -251,6 +270,7 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
                 on_hand: 93,
                 version: 2,
                 fulfil: Some(("o6".into(), 7)),
+                event_id: "ship-o6".into(),
             })
             .await
             .unwrap();
@@ -273,6 +293,7 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
                 on_hand: 88,
                 version: 3,
                 fulfil: Some(("o7".into(), 5)),
+                event_id: "ship-o7".into(),
             })
             .await
             .unwrap();
@@ -284,13 +305,45 @@ async fn shipments_fulfil_commitments_and_cancel_releases_only_the_unshipped_uni
 async fn an_older_position_version_never_overwrites_a_newer_one() {
     for s in subjects().await {
         let e = &s.engine;
-        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 3, version: 1, fulfil: None }).await.unwrap();
-        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 10, version: 5, fulfil: None }).await.unwrap();
-        let late =
-            e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 4, fulfil: None }).await.unwrap();
+        e.apply_physical(&PhysicalChange {
+            cell: cell("A"),
+            on_hand: 3,
+            version: 1,
+            fulfil: None,
+            event_id: String::new(),
+        })
+        .await
+        .unwrap();
+        e.apply_physical(&PhysicalChange {
+            cell: cell("A"),
+            on_hand: 10,
+            version: 5,
+            fulfil: None,
+            event_id: String::new(),
+        })
+        .await
+        .unwrap();
+        let late = e
+            .apply_physical(&PhysicalChange {
+                cell: cell("A"),
+                on_hand: 7,
+                version: 4,
+                fulfil: None,
+                event_id: String::new(),
+            })
+            .await
+            .unwrap();
         assert_eq!(late.counters.on_hand, 10, "{}", s.name);
-        let newer =
-            e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 7, version: 6, fulfil: None }).await.unwrap();
+        let newer = e
+            .apply_physical(&PhysicalChange {
+                cell: cell("A"),
+                on_hand: 7,
+                version: 6,
+                fulfil: None,
+                event_id: String::new(),
+            })
+            .await
+            .unwrap();
         assert_eq!(newer.counters.on_hand, 7, "{}", s.name);
     }
 }
@@ -387,7 +440,15 @@ async fn a_cell_whose_counters_were_lost_refuses_physical_changes_until_rebuilt(
     for s in subjects().await {
         let e = &s.engine;
         // The ledger is at version 3 for this cell, but the engine has never seen it (flushed).
-        let lost = e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 9, version: 3, fulfil: None }).await;
+        let lost = e
+            .apply_physical(&PhysicalChange {
+                cell: cell("A"),
+                on_hand: 9,
+                version: 3,
+                fulfil: None,
+                event_id: String::new(),
+            })
+            .await;
         assert!(matches!(lost, Err(mesh_counters::CounterError::Lost(_))), "{}: {lost:?}", s.name);
         assert_eq!(counters(e, "A").await, counts(0, 0, 0), "{}", s.name);
         // A rebuild restores the position (and the holds and commitments of the records).
@@ -433,7 +494,15 @@ async fn a_cell_whose_counters_were_lost_refuses_physical_changes_until_rebuilt(
             .await
             .unwrap();
         assert_eq!(again, Restored::default(), "{}", s.name);
-        e.apply_physical(&PhysicalChange { cell: cell("A"), on_hand: 8, version: 4, fulfil: None }).await.unwrap();
+        e.apply_physical(&PhysicalChange {
+            cell: cell("A"),
+            on_hand: 8,
+            version: 4,
+            fulfil: None,
+            event_id: String::new(),
+        })
+        .await
+        .unwrap();
         assert_eq!(counters(e, "A").await.on_hand, 8, "{}", s.name);
         assert!(matches!(e.confirm("h", &[cell("A")]).await.unwrap(), ConfirmOutcome::Confirmed { .. }), "{}", s.name);
     }
@@ -567,7 +636,7 @@ async fn a_multi_slot_reserve_gives_back_earlier_slots_when_a_later_one_is_short
 }
 
 #[tokio::test]
-async fn a_multi_slot_confirm_with_one_slot_lost_gives_back_the_others() {
+async fn a_multi_slot_confirm_with_one_slot_lost_puts_the_others_back_as_they_were() {
     let (a, b, _) = skus_in_other_slots();
     for s in subjects().await {
         let e = &s.engine;
@@ -581,6 +650,9 @@ async fn a_multi_slot_confirm_with_one_slot_lost_gives_back_the_others() {
         assert!(matches!(e.confirm("lost", &cells).await.unwrap(), ConfirmOutcome::HoldMissing { .. }), "{}", s.name);
         let state = e.hold_state("lost", &cells).await.unwrap();
         assert_eq!(state.committed_cells(), 0, "{}: nothing stays committed", s.name);
+        // A's hold is back as it was (a concurrent release of B must not cost the buyer A).
+        assert_eq!((state.live_cells(), state.cells[0].held_units), (1, 1), "{}", s.name);
+        e.release("lost", ReleasePart::Hold, &cells[..1]).await.unwrap();
         assert_eq!(e.read_cells(&cells).await.unwrap().iter().map(|c| c.committed).sum::<i64>(), 0, "{}", s.name);
     }
 }
@@ -591,4 +663,44 @@ fn key_slots_match_redis() {
     assert_eq!(key_slot("A"), 6373);
     assert_eq!(key_slot("123456789"), 12739);
     assert_eq!(key_slot("foo"), 12182);
+}
+
+#[tokio::test]
+async fn a_redelivered_shipment_fulfils_its_commitment_once() {
+    for s in subjects().await {
+        let e = &s.engine;
+        e.apply_physical(&PhysicalChange {
+            cell: cell("A"),
+            on_hand: 10,
+            version: 1,
+            fulfil: None,
+            event_id: "r".into(),
+        })
+        .await
+        .unwrap();
+        e.reserve("o", &[line("A", 10)], 60_000).await.unwrap();
+        e.confirm("o", &[cell("A")]).await.unwrap();
+        let ship = PhysicalChange {
+            cell: cell("A"),
+            on_hand: 6,
+            version: 2,
+            fulfil: Some(("o".into(), 4)),
+            event_id: "ship-1".into(),
+        };
+        for _ in 0..3 {
+            let outcome = e.apply_physical(&ship).await.unwrap();
+            assert_eq!((outcome.fulfilled_units, outcome.counters), (4, counts(0, 6, 6)), "{}", s.name);
+        }
+        // Another shipment event fulfils again.
+        let next = PhysicalChange {
+            cell: cell("A"),
+            on_hand: 4,
+            version: 3,
+            fulfil: Some(("o".into(), 2)),
+            event_id: "ship-2".into(),
+        };
+        assert_eq!(e.apply_physical(&next).await.unwrap().counters, counts(0, 4, 4), "{}", s.name);
+        // Fulfilment records are not cells.
+        assert_eq!(e.snapshot(&["A".to_owned()]).await.unwrap()[0].cells.len(), 1, "{}", s.name);
+    }
 }

@@ -171,8 +171,12 @@ impl AvailabilityApi {
             (Outcome::Applied | Outcome::Stale, Some(rid)) => Some((rid.clone(), event.quantity)),
             // A redelivered shipment whose first delivery was recorded but never reached the
             // counters (they were unavailable or lost): fulfil it now, once.
+            // Only if the ledger never recorded what it fulfilled; the counters also apply a
+            // fulfilment once per event id, so concurrent redeliveries take once.
             (Outcome::Duplicate, Some(rid))
-                if event.kind == EventKind::Shipment && self.store.fulfilled_units(&event.event_id).await? == 0 =>
+                if event.kind == EventKind::Shipment
+                    && self.store.was_applied(&event.event_id).await?
+                    && self.store.fulfilled_units(&event.event_id).await? == 0 =>
             {
                 Some((rid.clone(), event.quantity))
             }
@@ -185,6 +189,7 @@ impl AvailabilityApi {
                 on_hand: recorded.position.on_hand,
                 version: recorded.position.version,
                 fulfil: fulfil.clone(),
+                event_id: event.event_id.clone(),
             })
             .await?;
         let mut reason = recorded.reason;

@@ -397,6 +397,12 @@ impl AvailabilityStore {
         Ok(())
     }
 
+    /// Tells whether a recorded event was applied (or recorded as stale) when first delivered.
+    pub async fn was_applied(&self, event_id: &str) -> AvailabilityResult<bool> {
+        let row = event::Entity::find_by_id(event_id.to_owned()).one(&self.db).await?;
+        Ok(row.is_some_and(|r| r.outcome == Outcome::Applied.code() || r.outcome == Outcome::Stale.code()))
+    }
+
     /// Returns the units a recorded event fulfilled (0 if none).
     pub async fn fulfilled_units(&self, event_id: &str) -> AvailabilityResult<i64> {
         Ok(event::Entity::find_by_id(event_id.to_owned()).one(&self.db).await?.map(|m| m.fulfilled_units).unwrap_or(0))

@@ -150,7 +150,7 @@ impl ReservationApi {
     ) -> ReservationResult<pb::ExtendReservationResponse> {
         let body_hash = hex::encode(Sha256::digest(format!("{}|{}", request.reservation_id, ttl_ms).as_bytes()));
         let store = &reservations.store;
-        for _ in 0..100 {
+        for attempt in 0..100 {
             match store.claim_request(&request.request_id, &request.reservation_id, "extend", &body_hash).await? {
                 None => break,
                 Some(first) if first.body_hash != body_hash || first.kind != "extend" => {
@@ -160,7 +160,14 @@ impl ReservationApi {
                     return pb::ExtendReservationResponse::decode(first.response.as_slice())
                         .map_err(|e| ReservationError::refused("CORRUPT_REQUEST", e.to_string()));
                 }
+                Some(first) if service_kit::time::now_ms() - first.created_at_ms > 30_000 => {
+                    // Its first attempt died before answering: take the request over.
+                    store.drop_request(&request.request_id).await?;
+                }
                 Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await, // first one running
+            }
+            if attempt == 99 {
+                return Err(ReservationError::InProgress(format!("request {}", request.request_id)));
             }
         }
         let outcome = reservations.extend(&request.reservation_id, ttl_ms).await;

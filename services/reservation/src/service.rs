@@ -123,7 +123,8 @@ impl Reservations {
 
     /// Holds the lines under the request's policy; idempotent by reservation id.
     pub async fn create(&self, new: &NewReservation) -> ReservationResult<StoredReservation> {
-        if !self.store.claim(new).await? {
+        let claimed_at = service_kit::time::now_ms();
+        if !self.store.claim(new, claimed_at).await? {
             // Someone owns this id: wait briefly for its answer, then replay it.
             for _ in 0..50 {
                 let Some(existing) = self.store.get(&new.reservation_id).await? else {
@@ -180,8 +181,38 @@ impl Reservations {
         let hold_limit_ms = expires_at_ms - new.ttl_ms as i64 + self.max_hold_time_ms;
         let short: i64 = new.lines.iter().zip(&held).map(|(l, h)| l.units - h.units).sum();
         let reason = if short > 0 { format!("held ({short} units short)") } else { "held".to_owned() };
-        self.store.hold(&new.reservation_id, expires_at_ms, hold_limit_ms, &held, &reason).await?;
-        self.load(&new.reservation_id).await
+        let held_at = service_kit::time::now_ms();
+        if !self.store.hold(&new.reservation_id, expires_at_ms, hold_limit_ms, &held, &reason, held_at).await? {
+            return self.load(&new.reservation_id).await; // settled meanwhile: answer what is recorded
+        }
+        // The record is exactly this: answer without reading it back.
+        Ok(StoredReservation {
+            reservation_id: new.reservation_id.clone(),
+            body_hash: new.body_hash(),
+            order_id: new.order_id.clone(),
+            channel_id: new.channel_id.clone(),
+            status: Status::Held,
+            expires_at_ms,
+            released_units: 0,
+            detail: String::new(),
+            created_at_ms: claimed_at,
+            ttl_ms: new.ttl_ms as i64,
+            policy: new.policy,
+            hold_limit_ms,
+            lines: new
+                .lines
+                .iter()
+                .zip(&held)
+                .map(|(line, h)| crate::store::StoredLine {
+                    cell: line.cell.clone(),
+                    requested: line.units,
+                    reserved: h.units,
+                    released_units: 0,
+                    released: false,
+                })
+                .collect(),
+            history: vec![(Status::Held, held_at, reason)],
+        })
     }
 
     /// After a failed counter step (its effect unknown: the script may have run before the
@@ -243,7 +274,12 @@ impl Reservations {
                 }
                 ConfirmOutcome::HoldMissing { now_ms } => {
                     if now_ms >= reservation.expires_at_ms {
-                        self.expire(&reservation, "expired before confirm").await?;
+                        if self.settle_ended_hold(&reservation, "expired before confirm").await? == Status::Confirmed {
+                            return Ok(Confirmed {
+                                reservation: self.load(reservation_id).await?,
+                                already_confirmed: true,
+                            });
+                        }
                         return Err(ReservationError::refused(
                             "HOLD_EXPIRED",
                             format!("hold {reservation_id} expired before it was confirmed"),
@@ -293,8 +329,11 @@ impl Reservations {
         let mut current = self.load(reservation_id).await?;
         let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
         let Some(confirmed_at) = confirmed_at else {
-            tracing::error!(%reservation_id, status = ?current.status, "confirmed in the counters but recorded otherwise");
-            return Err(ReservationError::InProgress(reservation_id.to_owned()));
+            // The record ended first (the sweeper saw the deadline pass while this confirm was in
+            // flight): it stays ended, and the commitment this call made is given back.
+            tracing::warn!(%reservation_id, status = ?current.status, "confirm lost the race with the record's end; giving its commitment back");
+            self.engine.release(reservation_id, ReleasePart::Commitment, &reservation.cells()).await?;
+            return Err(ended(reservation_id, current.status));
         };
         if current.status != Status::Confirmed {
             // A racing release cancelled it right after: answer with the state the confirm made.
@@ -309,14 +348,26 @@ impl Reservations {
         Ok(Confirmed { reservation: current, already_confirmed: !moved })
     }
 
-    /// Records a held reservation whose deadline passed as EXPIRED, first giving back any hold a
-    /// later deadline kept alive on another slot (so an EXPIRED record never leaves units held).
-    async fn expire(&self, reservation: &StoredReservation, reason: &str) -> ReservationResult<()> {
-        self.engine.release(&reservation.reservation_id, ReleasePart::Hold, &reservation.cells()).await?;
-        self.store
-            .transition(&reservation.reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None)
-            .await?;
-        Ok(())
+    /// Settles a HELD record whose hold is no longer whole in the counters. If every cell is
+    /// committed, a confirm got there (perhaps still recording it, perhaps crashed): it is recorded
+    /// CONFIRMED. Otherwise whatever is left (a hold a later deadline kept alive on another slot, a
+    /// commitment a confirm that failed halfway left) is given back and the record is EXPIRED, so
+    /// an ended record never leaves units held or committed. Returns the status it recorded.
+    async fn settle_ended_hold(&self, reservation: &StoredReservation, reason: &str) -> ReservationResult<Status> {
+        let (reservation_id, cells) = (&reservation.reservation_id, reservation.cells());
+        let state = self.engine.hold_state(reservation_id, &cells).await?;
+        if !cells.is_empty() && state.committed_cells() == cells.len() {
+            self.store
+                .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None)
+                .await?;
+            return Ok(Status::Confirmed);
+        }
+        self.engine.release(reservation_id, ReleasePart::Hold, &cells).await?;
+        if state.committed_cells() > 0 {
+            self.engine.release(reservation_id, ReleasePart::Commitment, &cells).await?;
+        }
+        self.store.transition(reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None).await?;
+        Ok(Status::Expired)
     }
 
     /// Releases some lines (`lines` non-empty) or the whole reservation: a live hold returns its
@@ -366,13 +417,39 @@ impl Reservations {
         let reservation_id = reservation.reservation_id.clone();
         let part = if reservation.status == Status::Held { ReleasePart::Hold } else { ReleasePart::Commitment };
         let released = self.engine.release(&reservation_id, part, cells).await?;
-        let per_line: Vec<(Cell, i64)> = cells.iter().cloned().zip(released.per_cell.iter().copied()).collect();
-        if !self.store.release_lines(&reservation_id, reservation.status, &per_line, false, reason).await? {
+        let mut total = released.hold_units + released.committed_units;
+        let mut per_line: Vec<(Cell, i64)> = cells.iter().cloned().zip(released.per_cell.iter().copied()).collect();
+        let mut committed_meanwhile = Vec::new();
+        if part == ReleasePart::Hold && per_line.iter().any(|(_, units)| *units == 0) {
+            // A hold that was not there: expired (nothing to give back), or turned into a
+            // commitment by a confirm racing this call; the latter is cancelled once recorded.
+            let zero: Vec<Cell> = per_line.iter().filter(|(_, u)| *u == 0).map(|(c, _)| c.clone()).collect();
+            let state = self.engine.hold_state(&reservation_id, &zero).await?;
+            committed_meanwhile = zero
+                .iter()
+                .zip(&state.cells)
+                .filter(|(_, c)| c.committed_units > 0)
+                .map(|(cell, _)| cell.clone())
+                .collect();
+            per_line.retain(|(cell, _)| !committed_meanwhile.contains(cell));
+        }
+        if !per_line.is_empty()
+            && !self.store.release_lines(&reservation_id, reservation.status, &per_line, false, reason).await?
+        {
             // It moved on meanwhile (confirmed, released, expired): the counters already tell the
             // truth; say what the record says now.
             tracing::warn!(%reservation_id, "lines released while the reservation changed status");
         }
-        let total = released.hold_units + released.committed_units;
+        if !committed_meanwhile.is_empty() {
+            match self.wait_while_held(&reservation_id, 100).await? {
+                Some(current) if current.status == Status::Confirmed => {
+                    let (_, units) = Box::pin(self.release_some(current, &committed_meanwhile, reason)).await?;
+                    total += units;
+                }
+                Some(_) => {}
+                None => return Err(ReservationError::InProgress(reservation_id)),
+            }
+        }
         Ok((self.load(&reservation_id).await?, total))
     }
 
@@ -479,7 +556,9 @@ impl Reservations {
             }
             ExtendOutcome::HoldMissing { now_ms } => {
                 if now_ms >= reservation.expires_at_ms {
-                    self.expire(&reservation, "expired before extend").await?;
+                    if self.settle_ended_hold(&reservation, "expired before extend").await? == Status::Confirmed {
+                        return Err(ended(reservation_id, Status::Confirmed));
+                    }
                     return Err(ReservationError::refused(
                         "HOLD_EXPIRED",
                         format!("hold {reservation_id} expired before it was extended"),
@@ -514,21 +593,7 @@ impl Reservations {
                 if cells.is_empty() || state.live_cells() == cells.len() {
                     continue;
                 }
-                if state.committed_cells() == cells.len() {
-                    self.store
-                        .transition(
-                            &reservation_id,
-                            &[Status::Held],
-                            Status::Confirmed,
-                            "confirmed (recovered)",
-                            None,
-                            0,
-                            None,
-                        )
-                        .await?;
-                } else {
-                    self.expire(&reservation, "hold lost (recovered after restart)").await?;
-                }
+                self.settle_ended_hold(&reservation, "hold lost (recovered after restart)").await?;
                 settled += 1;
             }
         }
@@ -594,33 +659,23 @@ impl Reservations {
             let mut expired = Vec::new();
             for (reservation_id, _, cells) in &due {
                 let key = |c: &Cell| (reservation_id.clone(), c.clone());
-                let live_cells: Vec<&Cell> = cells.iter().filter(|c| live.contains(&key(c))).collect();
-                if !live_cells.is_empty() {
-                    // Extended (or the engine's clock is behind ours): catch the record up.
-                    let state = self.engine.hold_state(reservation_id, cells).await?;
-                    if state.live_cells() > 0 {
-                        self.store
-                            .set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up")
-                            .await?;
-                        continue;
-                    }
+                let live_now = cells.iter().any(|c| live.contains(&key(c)));
+                let any_committed = cells.iter().any(|c| committed.contains(&key(c)));
+                if !live_now && !any_committed {
+                    expired.push(reservation_id.clone()); // the common case, settled in one batch
+                    continue;
                 }
-                if !cells.is_empty() && cells.iter().all(|c| committed.contains(&key(c))) {
-                    // Confirmed in the counters but the record was not written (crash): record it.
-                    self.store
-                        .transition(
-                            reservation_id,
-                            &[Status::Held],
-                            Status::Confirmed,
-                            "confirmed (recovered)",
-                            None,
-                            0,
-                            None,
-                        )
-                        .await?;
-                    sweep.recovered += 1;
-                } else {
-                    expired.push(reservation_id.clone());
+                // Live (extended, or the counters' clock is behind ours), or committed (a confirm
+                // in flight, crashed or half done): decide from a fresh look, one by one.
+                let state = self.engine.hold_state(reservation_id, cells).await?;
+                if state.live_cells() > 0 && state.committed_cells() == 0 {
+                    self.store.set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up").await?;
+                    continue;
+                }
+                let Some(reservation) = self.store.get(reservation_id).await? else { continue };
+                match self.settle_ended_hold(&reservation, "expired").await? {
+                    Status::Confirmed => sweep.recovered += 1,
+                    _ => sweep.expired += 1,
                 }
             }
             sweep.expired += self.store.expire_many(&expired).await?;
@@ -646,7 +701,7 @@ impl Reservations {
                     .collect();
                 let deadline = state.earliest_deadline_ms();
                 let limit = deadline - reservation.ttl_ms + self.max_hold_time_ms;
-                self.store.hold(&reservation_id, deadline, limit, &held, "held (recovered)").await?;
+                self.store.hold(&reservation_id, deadline, limit, &held, "held (recovered)", now).await?;
             } else {
                 // A reserve that crashed between slots, or whose counter step never ran.
                 self.engine.release(&reservation_id, ReleasePart::Hold, &cells).await?;

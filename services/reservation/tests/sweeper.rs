@@ -22,7 +22,13 @@ async fn reservations(clock: Arc<ManualClock>) -> (Reservations, CounterEngine, 
 
 async fn stock(engine: &CounterEngine, sku: &str, units: i64) {
     engine
-        .apply_physical(&PhysicalChange { cell: Cell::new(sku, "L1"), on_hand: units, version: 1, fulfil: None })
+        .apply_physical(&PhysicalChange {
+            cell: Cell::new(sku, "L1"),
+            on_hand: units,
+            version: 1,
+            fulfil: None,
+            event_id: String::new(),
+        })
         .await
         .unwrap();
 }

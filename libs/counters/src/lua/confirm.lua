@@ -1,6 +1,7 @@
 -- confirm.lua: turns every cell of a live hold into a commitment, or none.
 -- KEYS: 4 per SKU group.  ARGV: [1] reservation id, [2] cell count, then per cell: group, location.
--- Returns {1, now} confirmed; {2, now} already confirmed (every cell committed, no hold left);
+-- Returns {1, now, deadline per cell...} confirmed (the deadlines the holds had); {2, now} already
+-- confirmed (every cell committed, no hold left);
 -- {0, now} the hold is missing (expired, released or lost): nothing changed.
 local reservation_id, cell_count = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
@@ -18,9 +19,11 @@ if live < cell_count then
   return { 0, now }
 end
 
+local out = { 1, now }
 for i = 0, cell_count - 1 do
   local group, loc = tonumber(ARGV[3 + i * 2]), ARGV[4 + i * 2]
   local member = reservation_id .. '|' .. loc
+  table.insert(out, tonumber(redis.call('ZSCORE', key_of(group, 3), member)))
   local units = tonumber(redis.call('HGET', key_of(group, 2), member))
   redis.call('HINCRBY', key_of(group, 1), 'h:' .. loc, -units)
   redis.call('HINCRBY', key_of(group, 1), 'c:' .. loc, units)
@@ -28,4 +31,4 @@ for i = 0, cell_count - 1 do
   redis.call('HDEL', key_of(group, 2), member)
   redis.call('ZREM', key_of(group, 3), member)
 end
-return { 1, now }
+return out

@@ -2,7 +2,8 @@
 -- the durable ledger (only if its version is newer than the cell's, so late replies never roll
 -- back), and a shipment naming a reservation moves up to `units` of its commitment to shipped.
 -- KEYS: 4 (one SKU group).  ARGV: [1] location, [2] on_hand, [3] version, [4] reservation id or '',
--- [5] units to fulfil.
+-- [5] units to fulfil, [6] the shipment's event id: a fulfilment is applied once per event id (the
+-- cells hash keeps `f:<event id>` → units fulfilled), so a redelivered shipment never takes twice.
 -- Returns {on_hand, held, committed, safety, fulfilled_units}; an error COUNTERS_LOST when the cell
 -- had earlier positions (version > 1) that Redis does not know.
 -- on_hand is written as the caller's decimal string: a Lua number would be stored as "1e+15".
@@ -24,7 +25,11 @@ if version > current_version then
 end
 
 local fulfilled = 0
-if reservation_id ~= '' and fulfil_units > 0 then
+local event_id = ARGV[6] or ''
+local done = event_id ~= '' and redis.call('HGET', cells, 'f:' .. event_id)
+if done then
+  fulfilled = tonumber(done)
+elseif reservation_id ~= '' and fulfil_units > 0 then
   local member = reservation_id .. '|' .. loc
   local remaining = tonumber(redis.call('HGET', key_of(1, 4), member) or '0')
   fulfilled = math.min(remaining, fulfil_units)
@@ -35,6 +40,9 @@ if reservation_id ~= '' and fulfil_units > 0 then
     else
       redis.call('HSET', key_of(1, 4), member, remaining - fulfilled)
     end
+  end
+  if event_id ~= '' then
+    redis.call('HSET', cells, 'f:' .. event_id, fulfilled)
   end
 end
 
