@@ -218,3 +218,11 @@ pub fn pgbench(
         ops: latencies.len() as u64,
     })
 }
+
+/// The two durable writes of one product Reserve on their own (the claim with its line, then the
+/// HELD record with its history row), as the reservation store issues them: what the durable
+/// record alone costs, to show how much of Reserve it is.
+pub const PG_RECORD_ONLY: &str = "\\set r random(1, 2000000000)
+WITH r AS (INSERT INTO reservation_reservations (reservation_id, body_hash, order_id, channel_id, status, ttl_ms, expires_at_ms, released_units, detail, created_at_ms, updated_at_ms, policy, hold_limit_ms) VALUES ('pgb-' || :client_id || '-' || :r, 'h', '', '', 0, 600000, 0, 0, '', 0, 0, 1, 0) ON CONFLICT DO NOTHING RETURNING reservation_id) INSERT INTO reservation_lines (reservation_id, sku, location_id, position, units, reserved_units, released_units, released) SELECT r.reservation_id, 'U1', 'L1', 0, 1, 0, 0, FALSE FROM r;
+WITH r AS (UPDATE reservation_reservations SET status = 1, updated_at_ms = 1, expires_at_ms = 2, hold_limit_ms = 3 WHERE reservation_id = 'pgb-' || :client_id || '-' || :r AND status = 0 RETURNING reservation_id), l AS (UPDATE reservation_lines AS t SET reserved_units = 1 FROM r WHERE t.reservation_id = r.reservation_id RETURNING 1) INSERT INTO reservation_history (reservation_id, status, at_ms, reason) SELECT reservation_id, 1, 1, 'held' FROM r;
+";

@@ -205,7 +205,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             (mesh, None, Some(running))
         }
     };
-    product::stock(&mesh, !config.smoke).await?;
+    product::stock(&mesh).await?;
     // The RPC ceiling: a health-only server built like the services, in this process (smoke) or
     // in a child process of this binary.
     let [ceiling_port] = product::free_ports::<1>();
@@ -306,20 +306,40 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             col.add("reserve_hot_1", "product", "Reserve, 1 line, one hot SKU", s);
         }
     }
+    // Once: the durable record of a Reserve alone (pgbench, the same two statements, same database).
+    let before = procs::total_cpu(&[], &["postgres"]);
+    let e = baselines::pgbench(
+        &database,
+        baselines::PG_RECORD_ONLY,
+        c,
+        Duration::from_secs_f64(secs.max(1.0)),
+        true,
+        None,
+        &pg_dir,
+    )?;
+    col.add(
+        "pg_record_only",
+        "breakdown",
+        "pgbench: only the two durable writes one Reserve makes (claim, then HELD record), synchronous_commit=on",
+        external(&e, procs::total_cpu(&[], &["postgres"]) - before),
+    );
     // Once: the other product cases.
     eprintln!("bench: other product cases");
     let s = measure(&mesh.pids, 1, secs, product::reserve_op(&mesh, "unloaded", Pick::Uniform, 1)).await;
     col.add("reserve_unloaded", "product", "Reserve, 1 line, one client (unloaded latency)", s);
     let s = measure(&mesh.pids, c, secs, product::reserve_op(&mesh, "z1", Pick::Zipf, 1)).await;
-    col.add("reserve_zipf_1", "product", "Reserve, 1 line, Zipf(1.1) over 10k SKUs", s);
+    col.add("reserve_zipf_1", "product", "Reserve, 1 line, Zipf(1.1) over the uniform SKUs", s);
     let s = measure(&mesh.pids, c, secs, product::reserve_op(&mesh, "u10", Pick::Uniform, 10)).await;
     col.add("reserve_uniform_10", "product", "Reserve, 10 lines, uniform over 10k SKUs", s);
     let s = measure(&mesh.pids, c, secs, product::atp_op(&mesh)).await;
     col.add("atp_read", "product", "GetCellAtp, 1 cell", s);
-    if !config.smoke {
-        let s = measure(&mesh.pids, c, secs, product::source_op(&mesh)).await;
-        col.add("source_order", "product", "SourceOrder, 3 lines, 300 nodes, plan + reserve", s);
-    }
+    let s = measure(&mesh.pids, c, secs, product::source_op(&mesh)).await;
+    col.add(
+        "source_order",
+        "product",
+        "SourceOrder, 3 lines, a network of 300 nodes (20 in the smoke test), plan + reserve",
+        s,
+    );
     let s = measure(&mesh.pids, c.min(8), secs, product::ingest_op(&mesh)).await;
     col.add("ingest_100", "product", "IngestEvents, 100 receipts per call (events/s = 100 × calls/s)", s);
     // Open loop: Reserve at 25/50/70/90 % of its own maximum, and PostgreSQL at the same rates.
@@ -422,7 +442,11 @@ async fn oversold(mesh: &Mesh) -> anyhow::Result<i64> {
     };
     let mut client = AvailabilityServiceClient::new(mesh.availability.clone());
     let mut cells = vec![CellRef { sku: "HOT".into(), location_id: "L1".into() }];
-    cells.extend((0..product::SKUS).step_by(97).map(|i| CellRef { sku: format!("U{i}"), location_id: "L1".into() }));
+    cells.extend(
+        (0..mesh.skus)
+            .step_by((mesh.skus / 100).max(1))
+            .map(|i| CellRef { sku: format!("U{i}"), location_id: "L1".into() }),
+    );
     let mut over = 0;
     for chunk in cells.chunks(100) {
         for q in client.get_cell_atp(GetCellAtpRequest { cells: chunk.to_vec() }).await?.into_inner().cells {

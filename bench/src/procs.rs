@@ -13,15 +13,16 @@ fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU seconds (user + system) used so far by `pid`, or 0 if it is gone.
+/// CPU seconds used so far by `pid` and by its children that have exited (utime + stime + cutime +
+/// cstime), or 0 if it is gone. The children's part matters for PostgreSQL, whose backends exit when
+/// their client disconnects and are then counted in the postmaster's cutime/cstime.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (utime + stime) / ticks_per_second()
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12) + field(13) + field(14)) / ticks_per_second()
 }
 
 /// Pids of every process with this exact name.

@@ -9,8 +9,9 @@ use anyhow::Context;
 use inventory_mesh::mesh::{self, ServiceKind};
 use mesh_proto::{
     availability::v1::{
-        EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Location, LocationType,
-        UpsertLocationsRequest, availability_service_client::AvailabilityServiceClient,
+        Channel as SalesChannel, EventType, GetCellAtpRequest, IngestEventsRequest, InventoryEvent, Location,
+        LocationType, UpsertChannelsRequest, UpsertLocationsRequest,
+        availability_service_client::AvailabilityServiceClient,
     },
     common::v1::{CellRef, GeoPoint},
     reservation::v1::{
@@ -23,8 +24,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::loadgen::{Zipf, unit};
 
-/// SKUs of the uniform and Zipf cases (each stocked at L1).
+/// SKUs of the uniform and Zipf cases (each stocked at L1; the smoke test uses fewer).
 pub const SKUS: usize = 10_000;
+/// SKUs of the smoke test.
+pub const SMOKE_SKUS: usize = 200;
 /// Nodes of the sourcing network.
 pub const NODES: usize = 300;
 /// SKUs of the sourcing network (each stocked at 20 nodes).
@@ -39,6 +42,11 @@ pub struct Mesh {
     /// Pids of the mesh process(es) (empty when it runs inside the bench process).
     pub pids: Vec<u32>,
     pub run_id: String,
+    /// How many uniform/Zipf SKUs are stocked.
+    pub skus: usize,
+    /// Nodes and SKUs of the sourcing network.
+    pub nodes: usize,
+    pub network_skus: usize,
 }
 
 fn channel(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
@@ -94,6 +102,9 @@ pub async fn spawn_mesh(
         sourcing: channel(addr(ports[2]))?,
         pids: vec![child.id()],
         run_id: prefix.trim_end_matches(':').to_owned(),
+        skus: SKUS,
+        nodes: NODES,
+        network_skus: NETWORK_SKUS,
     };
     Ok((mesh, child))
 }
@@ -121,6 +132,9 @@ pub async fn start_in_process(
         sourcing: channel(running.addrs[&ServiceKind::Sourcing])?,
         pids: Vec::new(),
         run_id: prefix.trim_end_matches(':').to_owned(),
+        skus: SMOKE_SKUS,
+        nodes: 20,
+        network_skus: 50,
     };
     Ok((mesh, running))
 }
@@ -149,16 +163,17 @@ fn receipt(id: String, sku: String, location: &str, units: i64) -> InventoryEven
 }
 
 /// Stocks the hot SKU, the uniform/Zipf SKUs and the sourcing network.
-pub async fn stock(mesh: &Mesh, network: bool) -> anyhow::Result<()> {
+pub async fn stock(mesh: &Mesh) -> anyhow::Result<()> {
     let mut availability = AvailabilityServiceClient::new(mesh.availability.clone());
     let run = &mesh.run_id;
     let mut events = vec![receipt(format!("{run}-hot"), "HOT".into(), "L1", 1_000_000_000)];
-    events.extend((0..SKUS).map(|i| receipt(format!("{run}-u{i}"), format!("U{i}"), "L1", 1_000_000)));
+    events.extend((0..mesh.skus).map(|i| receipt(format!("{run}-u{i}"), format!("U{i}"), "L1", 1_000_000)));
     for chunk in events.chunks(500) {
         availability.ingest_events(IngestEventsRequest { events: chunk.to_vec() }).await?;
     }
-    if network {
-        let locations = (0..NODES)
+    {
+        let (nodes, network_skus) = (mesh.nodes, mesh.network_skus);
+        let locations = (0..nodes)
             .map(|n| Location {
                 location_id: format!("N{n}"),
                 r#type: LocationType::Dc as i32,
@@ -167,10 +182,16 @@ pub async fn stock(mesh: &Mesh, network: bool) -> anyhow::Result<()> {
             })
             .collect();
         availability.upsert_locations(UpsertLocationsRequest { locations }).await?;
+        let channel = SalesChannel {
+            channel_id: "bench".into(),
+            location_ids: (0..nodes).map(|n| format!("N{n}")).collect(),
+            buffer_units: 0,
+        };
+        availability.upsert_channels(UpsertChannelsRequest { channels: vec![channel] }).await?;
         let mut events = Vec::new();
-        for s in 0..NETWORK_SKUS {
-            for k in 0..20 {
-                let node = (s * 7 + k * 13) % NODES;
+        for s in 0..network_skus {
+            for k in 0..20.min(nodes) {
+                let node = (s * 7 + k * 13) % nodes;
                 events.push(receipt(format!("{run}-n{s}-{k}"), format!("P{s}"), &format!("N{node}"), 1_000_000));
             }
         }
@@ -197,7 +218,8 @@ pub fn reserve_op(
     lines: usize,
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
     let client = ReservationServiceClient::new(mesh.reservation.clone());
-    let zipf = Arc::new(Zipf::new(SKUS, 1.1));
+    let skus = mesh.skus;
+    let zipf = Arc::new(Zipf::new(skus, 1.1));
     let prefix = format!("{}-{case}-{}", mesh.run_id, uuid::Uuid::new_v4().simple());
     move |seq: u64| {
         let mut client = client.clone();
@@ -206,7 +228,7 @@ pub fn reserve_op(
                 let u = unit(seq.wrapping_mul(31).wrapping_add(l));
                 let sku = match pick {
                     Pick::Hot => "HOT".to_owned(),
-                    Pick::Uniform => format!("U{}", (u * SKUS as f64) as usize),
+                    Pick::Uniform => format!("U{}", (u * skus as f64) as usize),
                     Pick::Zipf => format!("U{}", zipf.sample(u)),
                 };
                 ReservationLine { sku, location_id: "L1".into(), quantity_units: 1, ..Default::default() }
@@ -227,9 +249,10 @@ pub fn atp_op(
     mesh: &Mesh,
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
     let client = AvailabilityServiceClient::new(mesh.availability.clone());
+    let skus = mesh.skus;
     move |seq: u64| {
         let mut client = client.clone();
-        let sku = format!("U{}", (unit(seq) * SKUS as f64) as usize);
+        let sku = format!("U{}", (unit(seq) * skus as f64) as usize);
         let request = GetCellAtpRequest { cells: vec![CellRef { sku, location_id: "L1".into() }] };
         Box::pin(async move { client.get_cell_atp(request).await.is_ok() })
     }
@@ -241,11 +264,12 @@ pub fn source_op(
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
     let client = SourcingServiceClient::new(mesh.sourcing.clone());
     let prefix = format!("{}-so-{}", mesh.run_id, uuid::Uuid::new_v4().simple());
+    let network_skus = mesh.network_skus;
     move |seq: u64| {
         let mut client = client.clone();
         let lines = (0..3u64)
             .map(|l| OrderLine {
-                sku: format!("P{}", (unit(seq * 3 + l) * NETWORK_SKUS as f64) as usize),
+                sku: format!("P{}", (unit(seq * 3 + l) * network_skus as f64) as usize),
                 quantity_units: 1,
             })
             .collect();
@@ -253,6 +277,7 @@ pub fn source_op(
             order_id: format!("{prefix}-{seq}"),
             lines,
             ship_to: Some(GeoPoint { lat: -20.0 + (seq % 10) as f64, lon: -50.0 }),
+            channel_id: "bench".into(),
             allow_split: true,
             allow_backorder: true,
             hold_ttl_ms: 600_000,
@@ -268,13 +293,14 @@ pub fn ingest_op(
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
     let client = AvailabilityServiceClient::new(mesh.availability.clone());
     let prefix = format!("{}-in-{}", mesh.run_id, uuid::Uuid::new_v4().simple());
+    let skus = mesh.skus;
     move |seq: u64| {
         let mut client = client.clone();
         let events = (0..100u64)
             .map(|k| {
                 receipt(
                     format!("{prefix}-{seq}-{k}"),
-                    format!("U{}", (unit(seq * 100 + k) * SKUS as f64) as usize),
+                    format!("U{}", (unit(seq * 100 + k) * skus as f64) as usize),
                     "L1",
                     1,
                 )

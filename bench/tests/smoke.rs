@@ -43,6 +43,8 @@ async fn the_bench_harness_runs_end_to_end_with_tiny_counts() {
         "reserve_uniform_10",
         "atp_read",
         "ingest_100",
+        "pg_record_only",
+        "source_order",
     ] {
         let median = &report.cases.get(case).unwrap_or_else(|| panic!("case {case} missing")).median;
         assert!(median.throughput > 0.0 && median.ops > 0, "{case}: {median:?}");

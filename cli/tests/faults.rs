@@ -521,3 +521,38 @@ async fn the_first_reserve_after_a_failover_to_a_replica_without_scripts_succeed
     mesh.assert_reconciled().await;
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_url_of_one_node_and_redis_cluster_true_select_the_cluster() {
+    let node = test_support::cluster_url();
+    let database = test_support::fresh_postgres_database().await;
+    let prefix = format!("cfg{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let rebuild = |cluster: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_inventory-mesh"))
+            .arg("rebuild")
+            .env("DATABASE_URL", &database)
+            .env("REDIS_URL", &node)
+            .env("REDIS_CLUSTER", cluster)
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    // As a cluster: it connects and finds this empty store's counters missing (a first start).
+    let output = rebuild("true");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_slice(output.stdout.trim_ascii()).unwrap();
+    assert_eq!((line["reason"].as_str(), line["skus"].as_u64()), (Some("empty"), Some(0)));
+    // Run again it finds its own marker on the cluster: a forced rebuild.
+    let output = rebuild("true");
+    let line: serde_json::Value = serde_json::from_slice(output.stdout.trim_ascii()).unwrap();
+    assert_eq!(line["reason"].as_str(), Some("forced"));
+    // A bad value is named, and nothing starts.
+    let output = rebuild("maybe");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("REDIS_CLUSTER must be true or false, not \"maybe\""),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

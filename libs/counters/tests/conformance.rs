@@ -704,3 +704,114 @@ async fn a_redelivered_shipment_fulfils_its_commitment_once() {
         assert_eq!(e.snapshot(&["A".to_owned()]).await.unwrap()[0].cells.len(), 1, "{}", s.name);
     }
 }
+
+/// Moves one slot of the test cluster to another master (keys included), as a reshard does.
+async fn move_slot(slot: u16, to_port: u16) -> u16 {
+    let connect = |port: u16| async move {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
+    let ports = [7101u16, 7102, 7103];
+    let mut ids = std::collections::HashMap::new();
+    for port in ports {
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query_async(&mut connect(port).await).await.unwrap();
+        ids.insert(port, id);
+    }
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut connect(7101).await).await.unwrap();
+    let mut from_port = 0;
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+        for range in &fields[8..] {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                if (a..=b).contains(&slot) {
+                    from_port = port;
+                }
+            }
+        }
+    }
+    assert_ne!(from_port, 0, "slot {slot} has no owner");
+    if from_port == to_port {
+        return from_port;
+    }
+    let (mut from, mut to) = (connect(from_port).await, connect(to_port).await);
+    let _: () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(&ids[&from_port])
+        .query_async(&mut to)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("MIGRATING")
+        .arg(&ids[&to_port])
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    loop {
+        let keys: Vec<String> =
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100).query_async(&mut from).await.unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to_port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut from)
+            .await
+            .unwrap();
+    }
+    for port in ports {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[&to_port])
+            .query_async(&mut connect(port).await)
+            .await
+            .unwrap();
+    }
+    from_port
+}
+
+#[tokio::test]
+async fn a_reserve_after_its_slot_moved_to_a_node_without_the_scripts_holds_once_b19() {
+    let e = CounterEngine::Redis(cluster().await);
+    let sku = format!("B19{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let slot = key_slot(&sku);
+    stock(&e, &sku, 5).await;
+    e.reserve("before", &[CellUnits { cell: Cell::new(&sku, "L1"), units: 1 }], 60_000).await.unwrap();
+    // Move the slot to another master and empty that master's script cache.
+    let owner = move_slot(slot, 7101).await;
+    let target = if owner == 7101 { 7102 } else { 7101 };
+    if owner == 7101 {
+        move_slot(slot, target).await;
+    }
+    let mut node = redis::Client::open(format!("redis://127.0.0.1:{target}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut node).await.unwrap();
+    // The first call meets MOVED, then NOSCRIPT, and still holds exactly one more unit.
+    let after = e.reserve("after", &[CellUnits { cell: Cell::new(&sku, "L1"), units: 1 }], 60_000).await.unwrap();
+    assert!(matches!(after, ReserveOutcome::Held { .. }), "{after:?}");
+    assert_eq!(
+        e.read_cells(&[Cell::new(&sku, "L1")]).await.unwrap()[0],
+        CellCounters { on_hand: 5, held: 2, committed: 0, safety: 0 }
+    );
+    // Put the slot back where it was.
+    move_slot(slot, owner).await;
+}
