@@ -549,7 +549,8 @@ impl Reservations {
                     ));
                 }
                 if expires_at_ms != reservation.expires_at_ms {
-                    let reason = format!("extended to {expires_at_ms}{}", if capped { " (capped)" } else { "" });
+                    let until = service_kit::time::to_timestamp(expires_at_ms);
+                    let reason = format!("extended to {until}{}", if capped { " (capped)" } else { "" });
                     self.store.set_deadline(reservation_id, expires_at_ms, &reason).await?;
                 }
                 Ok(Extended { reservation: self.load(reservation_id).await?, capped })
