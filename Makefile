@@ -40,7 +40,8 @@ test: tools ## Run every test: nextest over the workspace, grpcurl smoke test, H
 
 bench: ## Benchmark Reserve against the RPC ceiling, EVALSHA and PostgreSQL row locks (~10 min; writes BENCHMARKS.md)
 	cargo build --release -p inventory-mesh -p mesh-bench
-	target/release/mesh-bench run --mesh-binary target/release/inventory-mesh $(BENCH_ARGS)
+	bash scripts/install-h2load.sh || echo "h2load unavailable: the ceiling is measured by mesh-bench only"
+	target/release/mesh-bench run --mesh-binary target/release/inventory-mesh --h2load .tools/bin/h2load $(BENCH_ARGS)
 
 redis-cluster: ## Start a 3-master Redis Cluster on 127.0.0.1:7101-7103 (the tests start it themselves)
 	bash scripts/redis-cluster.sh start

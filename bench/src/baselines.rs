@@ -226,3 +226,66 @@ pub const PG_RECORD_ONLY: &str = "\\set r random(1, 2000000000)
 WITH r AS (INSERT INTO reservation_reservations (reservation_id, body_hash, order_id, channel_id, status, ttl_ms, expires_at_ms, released_units, detail, created_at_ms, updated_at_ms, policy, hold_limit_ms) VALUES ('pgb-' || :client_id || '-' || :r, 'h', '', '', 0, 600000, 0, 0, '', 0, 0, 1, 0) ON CONFLICT DO NOTHING RETURNING reservation_id) INSERT INTO reservation_lines (reservation_id, sku, location_id, position, units, reserved_units, released_units, released) SELECT r.reservation_id, 'U1', 'L1', 0, 1, 0, 0, FALSE FROM r;
 WITH r AS (UPDATE reservation_reservations SET status = 1, updated_at_ms = 1, expires_at_ms = 2, hold_limit_ms = 3 WHERE reservation_id = 'pgb-' || :client_id || '-' || :r AND status = 0 RETURNING reservation_id), l AS (UPDATE reservation_lines AS t SET reserved_units = 1 FROM r WHERE t.reservation_id = r.reservation_id RETURNING 1) INSERT INTO reservation_history (reservation_id, status, at_ms, reason) SELECT reservation_id, 1, 1, 'held' FROM r;
 ";
+
+/// `h2load` against the ceiling server: unary gRPC health checks (an empty request, a 5-byte gRPC
+/// frame) over `concurrency` connections, one stream each. h2load reports the mean latency only, so
+/// p50/p99 stay 0 for this case; it cross-checks the ceiling the Rust load generator measured.
+pub fn h2load_ceiling(
+    h2load: &Path,
+    port: u16,
+    concurrency: usize,
+    requests: u64,
+    dir: &Path,
+) -> anyhow::Result<External> {
+    let body = dir.join("grpc-empty.bin");
+    std::fs::write(&body, [0u8, 0, 0, 0, 0])?;
+    let args: Vec<String> = vec![
+        "-n".into(),
+        requests.to_string(),
+        "-c".into(),
+        concurrency.to_string(),
+        "-m".into(),
+        "1".into(),
+        "-d".into(),
+        body.display().to_string(),
+        "-H".into(),
+        "content-type: application/grpc".into(),
+        "-H".into(),
+        "te: trailers".into(),
+        format!("http://127.0.0.1:{port}/grpc.health.v1.Health/Check"),
+    ];
+    let out = run(&h2load.display().to_string(), &args, &[])?;
+    // "finished in 1.02s, 48834.81 req/s, 2.48MB/s"
+    let rps = out
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.trim().split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("h2load printed no req/s")?;
+    // "requests: 100000 total, 100000 started, 100000 done, 100000 succeeded, 0 failed, 0 errored, 0 timeout"
+    let failed = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(',').find(|p| p.contains("failed")))
+        .and_then(|p| p.trim().split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    // "time for request:   123us   4.56ms   789us   ..." (min, max, mean, sd)
+    let mean_ms = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().nth(2))
+        .map(|v| {
+            if let Some(us) = v.strip_suffix("us") {
+                us.parse::<f64>().unwrap_or(0.0) / 1000.0
+            } else if let Some(ms) = v.strip_suffix("ms") {
+                ms.parse::<f64>().unwrap_or(0.0)
+            } else {
+                v.trim_end_matches('s').parse::<f64>().unwrap_or(0.0) * 1000.0
+            }
+        })
+        .unwrap_or(0.0);
+    Ok(External { throughput: rps, p50_ms: mean_ms, p99_ms: 0.0, p999_ms: 0.0, errors: failed, ops: requests })
+}

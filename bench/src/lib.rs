@@ -40,6 +40,8 @@ pub struct Config {
     pub markdown: Option<PathBuf>,
     /// Fewer SKUs and shorter runs (the smoke version in `make test`).
     pub smoke: bool,
+    /// h2load, to cross-check the RPC ceiling (None: not measured).
+    pub h2load: Option<PathBuf>,
 }
 
 /// One measured case in one round.
@@ -236,7 +238,20 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         eprintln!("bench: round {} of {}", round + 1, config.rounds);
         // A: the RPC ceiling; B: Reserve, uniform SKUs, 1 line.
         let s = measure(&ceiling_pids, c, secs, product::ceiling_op(product::channel_to(ceiling_port)?)).await;
+        let ceiling_rate = s.throughput;
         col.add("rpc_ceiling", "baseline", "unary health check, same server stack and load generator", s);
+        if let Some(h2load) = &config.h2load {
+            let before = procs::total_cpu(&ceiling_pids, &[]);
+            let requests = ((ceiling_rate * secs) as u64).max(1_000);
+            let e = baselines::h2load_ceiling(h2load, ceiling_port, c, requests, &pg_dir)?;
+            let cpu = procs::total_cpu(&ceiling_pids, &[]) - before;
+            col.add(
+                "rpc_ceiling_h2load",
+                "baseline",
+                "the same health check driven by h2load (p50 column = mean)",
+                external(&e, cpu),
+            );
+        }
         let s = measure(&mesh.pids, c, secs, product::reserve_op(&mesh, "u1", Pick::Uniform, 1)).await;
         reserve_max = reserve_max.max(s.throughput);
         col.add("reserve_uniform_1", "product", "Reserve, 1 line, uniform over 10k SKUs", s);

@@ -32,6 +32,9 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value = "BENCHMARKS.md")]
         markdown: PathBuf,
+        /// h2load, to cross-check the RPC ceiling (skipped when it does not run).
+        #[arg(long)]
+        h2load: Option<PathBuf>,
     },
     /// Serves only gRPC health on a port, with the services' server settings.
     CeilingServer {
@@ -45,7 +48,20 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { rounds, seconds, concurrency, mesh_binary, redis_url, postgres_url, out, markdown } => {
+            Command::Run {
+                rounds,
+                seconds,
+                concurrency,
+                mesh_binary,
+                redis_url,
+                postgres_url,
+                out,
+                markdown,
+                h2load,
+            } => {
+                let h2load = h2load.filter(|path| {
+                    std::process::Command::new(path).arg("--version").output().is_ok_and(|o| o.status.success())
+                });
                 let redis_port =
                     redis_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379);
                 let config = mesh_bench::Config {
@@ -59,6 +75,7 @@ fn main() -> ExitCode {
                     out_dir: out,
                     markdown: Some(markdown),
                     smoke: false,
+                    h2load,
                 };
                 let report = mesh_bench::run(&config).await?;
                 println!(

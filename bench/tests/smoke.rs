@@ -22,6 +22,7 @@ async fn the_bench_harness_runs_end_to_end_with_tiny_counts() {
         out_dir: dir.path().join("bench"),
         markdown: Some(dir.path().join("BENCHMARKS.md")),
         smoke: true,
+        h2load: None,
     };
     let report = tokio::time::timeout(Duration::from_secs(240), mesh_bench::run(&config)).await.unwrap().unwrap();
     assert!(!report.failed, "{report:#?}");
