@@ -55,6 +55,19 @@ pub struct Sample {
     pub ops: u64,
     /// Server CPU (utime + stime of the server processes) per operation, µs.
     pub cpu_us_per_op: f64,
+    /// The product cases' CPU per operation split by process, µs: the mesh, redis-server, every
+    /// postgres process, and the load generator itself (not a server: not in `cpu_us_per_op`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_split_us: Option<CpuSplit>,
+}
+
+/// CPU per operation of each process group during a product run, µs.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct CpuSplit {
+    pub mesh: f64,
+    pub redis: f64,
+    pub postgres: f64,
+    pub load_generator: f64,
 }
 
 /// A case over all rounds: the median of each figure, and every round's value.
@@ -101,6 +114,7 @@ pub struct Report {
 
 fn sample(stats: &RunStats, cpu_seconds: f64) -> Sample {
     Sample {
+        cpu_split_us: None,
         throughput: stats.throughput(),
         p50_ms: stats.ms(0.5),
         p99_ms: stats.ms(0.99),
@@ -113,6 +127,7 @@ fn sample(stats: &RunStats, cpu_seconds: f64) -> Sample {
 
 fn external(e: &baselines::External, cpu_seconds: f64) -> Sample {
     Sample {
+        cpu_split_us: None,
         throughput: e.throughput,
         p50_ms: e.p50_ms,
         p99_ms: e.p99_ms,
@@ -158,6 +173,17 @@ impl Collector {
                 errors: r.iter().map(|s| s.errors).sum(),
                 ops: r.iter().map(|s| s.ops).sum(),
                 cpu_us_per_op: pick(|s| s.cpu_us_per_op, r),
+                cpu_split_us: r.iter().any(|s| s.cpu_split_us.is_some()).then(|| {
+                    let part = |f: fn(&CpuSplit) -> f64| {
+                        median(&mut r.iter().filter_map(|s| s.cpu_split_us.as_ref().map(f)).collect::<Vec<_>>())
+                    };
+                    CpuSplit {
+                        mesh: part(|c| c.mesh),
+                        redis: part(|c| c.redis),
+                        postgres: part(|c| c.postgres),
+                        load_generator: part(|c| c.load_generator),
+                    }
+                }),
             };
             let min = r.iter().map(|s| s.throughput).fold(f64::INFINITY, f64::min);
             let max = r.iter().map(|s| s.throughput).fold(0.0, f64::max);
@@ -173,10 +199,37 @@ where
     F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let before = procs::total_cpu(mesh_pids, &["redis-server", "postgres"]);
+    let groups = |me: f64| {
+        [
+            procs::total_cpu(mesh_pids, &[]),
+            procs::total_cpu(&[], &["redis-server"]),
+            procs::total_cpu(&[], &["postgres"]),
+            me,
+        ]
+    };
+    let before = groups(procs::cpu_seconds(std::process::id()));
     let stats = closed_loop(concurrency, Duration::from_secs_f64(seconds), op).await;
-    let after = procs::total_cpu(mesh_pids, &["redis-server", "postgres"]);
-    sample(&stats, after - before)
+    let after = groups(procs::cpu_seconds(std::process::id()));
+    let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let mut s = sample(&stats, used[0] + used[1] + used[2]);
+    if stats.ops > 0 && !mesh_pids.is_empty() {
+        let per_op = |seconds: f64| seconds * 1e6 / stats.ops as f64;
+        s.cpu_split_us = Some(CpuSplit {
+            mesh: per_op(used[0]),
+            redis: per_op(used[1]),
+            postgres: per_op(used[2]),
+            load_generator: per_op(used[3]),
+        });
+    }
+    s
+}
+
+/// The URL with `sslmode=disable` unless it names an sslmode itself.
+fn without_tls(url: &str) -> String {
+    if url.contains("sslmode=") {
+        return url.to_owned();
+    }
+    format!("{url}{}sslmode=disable", if url.contains('?') { '&' } else { '?' })
 }
 
 /// Runs the whole benchmark.
@@ -187,8 +240,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&config.out_dir)?;
     let run_id = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let database = product::fresh_database(&config.postgres_url, &format!("mesh_{run_id}")).await?;
-    let pg_bench_db = product::fresh_database(&config.postgres_url, &format!("pgb_{run_id}")).await?;
+    // Every PostgreSQL client of the run (the mesh, pgbench) talks plain TCP: on loopback, TLS
+    // would only add encryption CPU to both sides (a server with ssl=on is otherwise picked up by
+    // sslmode=prefer, the default of libpq and sqlx alike).
+    let database = without_tls(&product::fresh_database(&config.postgres_url, &format!("mesh_{run_id}")).await?);
+    let pg_bench_db = without_tls(&product::fresh_database(&config.postgres_url, &format!("pgb_{run_id}")).await?);
     {
         use sea_orm::{ConnectionTrait, Database};
         let db = Database::connect(&pg_bench_db).await?;
@@ -328,14 +384,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         baselines::PG_RECORD_ONLY,
         c,
         Duration::from_secs_f64(secs.max(1.0)),
-        true,
+        false,
         None,
         &pg_dir,
     )?;
     col.add(
         "pg_record_only",
         "breakdown",
-        "pgbench: only the two durable writes one Reserve makes (claim, then HELD record), synchronous_commit=on",
+        "pgbench: only the two durable writes one Reserve makes (claim, then HELD record), one per statement, synchronous_commit=off (Reserve batches them)",
         external(&e, procs::total_cpu(&[], &["postgres"]) - before),
     );
     // Once: the other product cases.
@@ -494,6 +550,14 @@ async fn environment(config: &Config) -> BTreeMap<String, String> {
             psql("SHOW fsync"),
             psql("SHOW synchronous_commit"),
             psql("SHOW wal_level")
+        ),
+    );
+    env.insert(
+        "postgres_clients".into(),
+        format!(
+            "plain TCP on loopback (sslmode=disable for the mesh and pgbench; server ssl={}); wal_writer_delay={}",
+            psql("SHOW ssl"),
+            psql("SHOW wal_writer_delay")
         ),
     );
     env.insert(

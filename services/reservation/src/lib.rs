@@ -4,12 +4,14 @@
 //!
 //! - [`domain`]: lines, body digest, status machine (no I/O).
 //! - [`service`]: create / confirm / release / sweep over the store and the counters.
-//! - [`store`]: reservations, lines and history (sea-orm); [`migration`]: its tables.
+//! - [`store`]: reservations, lines and history (sea-orm); [`migration`]: its tables;
+//!   [`group_commit`]: the reserve path's PostgreSQL writes, batched across concurrent requests.
 //! - [`api`]: gRPC handlers and the reconcile check; [`demand`]: confirmed demand → replenishment.
 pub mod api;
 pub mod demand;
 pub mod domain;
 pub mod error;
+pub mod group_commit;
 pub mod migration;
 pub mod service;
 pub mod store;

@@ -12,6 +12,7 @@ use sea_orm::{
 use crate::{
     domain::{NewReservation, Status},
     error::ReservationResult,
+    group_commit::{Claim, GroupCommit, Hold},
 };
 use mesh_counters::{Cell, CellUnits, ReservePolicy};
 
@@ -187,6 +188,8 @@ fn policy_from(code: i32) -> ReservePolicy {
 #[derive(Clone)]
 pub struct ReservationStore {
     db: DatabaseConnection,
+    /// Batches the reserve path's writes on PostgreSQL (see [`crate::group_commit`]).
+    group: GroupCommit,
 }
 
 pub use service_kit::time::now_ms;
@@ -213,13 +216,13 @@ async fn insert_history(
 impl ReservationStore {
     /// Wraps a connection (migrations already applied).
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, group: GroupCommit::default() }
     }
 
     /// Inserts the PENDING claim row with its lines. Returns false when the id already exists.
     pub async fn claim(&self, new: &NewReservation, now: i64) -> ReservationResult<bool> {
         if self.is_postgres() {
-            return self.claim_postgres(new, now).await;
+            return Ok(self.group.claim(&self.db, Claim { new: new.clone(), now }).await?);
         }
         let txn = self.db.begin().await?;
         let inserted = reservation::Entity::insert(reservation::ActiveModel {
@@ -260,90 +263,6 @@ impl ReservationStore {
 
     fn is_postgres(&self) -> bool {
         self.db.get_database_backend() == sea_orm::DbBackend::Postgres
-    }
-
-    /// The claim as one statement (one round trip, atomic): the row and its lines, or nothing when
-    /// the id is taken.
-    async fn claim_postgres(&self, new: &NewReservation, now: i64) -> ReservationResult<bool> {
-        use sea_orm::Value;
-        let mut values: Vec<Value> = vec![
-            new.reservation_id.clone().into(),
-            new.body_hash().into(),
-            new.order_id.clone().into(),
-            new.channel_id.clone().into(),
-            Status::Pending.code().into(),
-            (new.ttl_ms as i64).into(),
-            now.into(),
-            policy_code(new.policy).into(),
-        ];
-        let mut rows = Vec::with_capacity(new.lines.len());
-        for (i, line) in new.lines.iter().enumerate() {
-            let at = values.len();
-            rows.push(format!("(${}::text, ${}::text, ${}::int, ${}::bigint)", at + 1, at + 2, at + 3, at + 4));
-            values.extend([
-                line.cell.sku.clone().into(),
-                line.cell.location.clone().into(),
-                (i as i32).into(),
-                line.units.into(),
-            ]);
-        }
-        let sql = format!(
-            "WITH r AS (INSERT INTO reservation_reservations (reservation_id, body_hash, order_id, channel_id, status, \
-             ttl_ms, expires_at_ms, released_units, detail, created_at_ms, updated_at_ms, policy, hold_limit_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, '', $7, $7, $8, 0) ON CONFLICT DO NOTHING RETURNING reservation_id) \
-             INSERT INTO reservation_lines (reservation_id, sku, location_id, position, units, reserved_units, \
-             released_units, released) SELECT r.reservation_id, v.sku, v.loc, v.pos, v.units, 0, 0, FALSE \
-             FROM r, (VALUES {}) AS v(sku, loc, pos, units)",
-            rows.join(", ")
-        );
-        let statement = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
-        let result = sea_orm::ConnectionTrait::execute_raw(&self.db, statement).await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// PENDING → HELD as one statement on PostgreSQL.
-    async fn hold_postgres(
-        &self,
-        reservation_id: &str,
-        expires_at_ms: i64,
-        hold_limit_ms: i64,
-        held: &[CellUnits],
-        reason: &str,
-        now: i64,
-    ) -> ReservationResult<bool> {
-        use sea_orm::Value;
-        let mut values: Vec<Value> = vec![
-            reservation_id.into(),
-            now.into(),
-            expires_at_ms.into(),
-            hold_limit_ms.into(),
-            reason.into(),
-            Status::Held.code().into(),
-            Status::Pending.code().into(),
-        ];
-        let mut rows = Vec::with_capacity(held.len());
-        for line in held {
-            let at = values.len();
-            rows.push(format!("(${}::text, ${}::text, ${}::bigint)", at + 1, at + 2, at + 3));
-            values.extend([line.cell.sku.clone().into(), line.cell.location.clone().into(), line.units.into()]);
-        }
-        let lines = if rows.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", l AS (UPDATE reservation_lines AS t SET reserved_units = v.units FROM r, (VALUES {}) AS v(sku, loc, units) \
-                 WHERE t.reservation_id = r.reservation_id AND t.sku = v.sku AND t.location_id = v.loc RETURNING 1)",
-                rows.join(", ")
-            )
-        };
-        let sql = format!(
-            "WITH r AS (UPDATE reservation_reservations SET status = $6, updated_at_ms = $2, expires_at_ms = $3, \
-             hold_limit_ms = $4 WHERE reservation_id = $1 AND status = $7 RETURNING reservation_id){lines} \
-             INSERT INTO reservation_history (reservation_id, status, at_ms, reason) SELECT reservation_id, $6, $2, $5 FROM r"
-        );
-        let statement = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
-        let result = sea_orm::ConnectionTrait::execute_raw(&self.db, statement).await?;
-        Ok(result.rows_affected() == 1)
     }
 
     /// Deletes a PENDING claim whose reserve never ran (so a retry starts fresh).
@@ -511,7 +430,15 @@ impl ReservationStore {
         now: i64,
     ) -> ReservationResult<bool> {
         if self.is_postgres() {
-            return self.hold_postgres(reservation_id, expires_at_ms, hold_limit_ms, held, reason, now).await;
+            let hold = Hold {
+                reservation_id: reservation_id.to_owned(),
+                expires_at_ms,
+                hold_limit_ms,
+                held: held.to_vec(),
+                reason: reason.to_owned(),
+                now,
+            };
+            return Ok(self.group.hold(&self.db, hold).await?);
         }
         let txn = self.db.begin().await?;
         let result = reservation::Entity::update_many()
