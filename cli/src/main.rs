@@ -56,7 +56,12 @@ enum Command {
         standalone: bool,
     },
     /// Compares live counters with durable records on a running mesh; exits 1 on any difference.
-    Reconcile,
+    Reconcile {
+        /// HOST or HOST:PORT of the mesh (PORT = availability, reservation on PORT+1, as `make run`
+        /// lays them out); default: the configured peers.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Rebuilds the Redis counters (positions, holds, commitments) from the durable store after
     /// Redis lost its data; safe beside a running mesh. Prints one JSON line.
     Rebuild,
@@ -83,7 +88,8 @@ enum LoadScenario {
         /// SKUs per reservation (lines).
         #[arg(long, default_value_t = 1)]
         lines: usize,
-        /// Host (or host:port of the reservation service) of the mesh; default: the configured peers.
+        /// HOST or HOST:PORT of the mesh (PORT = availability, reservation on PORT+1, as `make run`
+        /// lays them out); default: the configured peers.
         #[arg(long)]
         target: Option<String>,
     },
@@ -135,14 +141,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             run_replay(settings, options, &report, standalone).await
         }
         Command::Load { scenario: LoadScenario::FlashSale { units, buyers, concurrency, lines, target } } => {
-            let (availability, reservation) = match target.as_deref() {
-                None => (settings.peers.availability.clone(), settings.peers.reservation.clone()),
-                Some(target) => {
-                    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
-                    let reservation = if target.contains(':') { target.to_owned() } else { format!("{host}:50052") };
-                    (format!("http://{host}:50051"), format!("http://{reservation}"))
-                }
-            };
+            let (availability, reservation) = peers(&settings, target.as_deref())?;
             let sale = inventory_mesh::load::FlashSale {
                 units,
                 buyers,
@@ -175,9 +174,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reconcile => {
-            let availability = peer_channel(&settings.peers.availability, &settings.peers)?;
-            let reservation = peer_channel(&settings.peers.reservation, &settings.peers)?;
+        Command::Reconcile { target } => {
+            let (availability, reservation) = peers(&settings, target.as_deref())?;
+            let availability = peer_channel(&availability, &settings.peers)?;
+            let reservation = peer_channel(&reservation, &settings.peers)?;
             let report = reconcile::reconcile(availability, reservation).await.context("reconcile")?;
             for d in &report.differences {
                 let cell = d.cell.as_ref().map(|c| format!("{}@{}", c.sku, c.location_id)).unwrap_or_default();
@@ -197,6 +197,28 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
+}
+
+/// The availability and reservation addresses a tool talks to: `--target HOST[:PORT]` (PORT the
+/// availability port, default 50051, reservation on the next one) or the configured peers.
+fn peers(settings: &Settings, target: Option<&str>) -> anyhow::Result<(String, String)> {
+    let Some(target) = target else {
+        return Ok((settings.peers.availability.clone(), settings.peers.reservation.clone()));
+    };
+    let target = target.trim_start_matches("http://");
+    let (host, port) = match target.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p < u16::MAX)
+                .with_context(|| format!("--target {target}: the port must be a number below 65535"))?;
+            (host, port)
+        }
+        None => (target, 50051),
+    };
+    anyhow::ensure!(!host.is_empty(), "--target {target}: the host is empty");
+    Ok((format!("http://{host}:{port}"), format!("http://{host}:{}", port + 1)))
 }
 
 fn redact(url: &str) -> String {
@@ -367,4 +389,24 @@ async fn mesh_answers(address: &str) -> bool {
         .await,
         Ok(Ok(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_names_the_availability_port_and_reservation_follows() {
+        let settings = Settings::defaults();
+        let pair = |t: &str| peers(&settings, Some(t)).map_err(|e| e.to_string());
+        assert_eq!(pair("mesh.local"), Ok(("http://mesh.local:50051".into(), "http://mesh.local:50052".into())));
+        assert_eq!(pair("127.0.0.1:7000"), Ok(("http://127.0.0.1:7000".into(), "http://127.0.0.1:7001".into())));
+        assert_eq!(pair("http://h:9"), Ok(("http://h:9".into(), "http://h:10".into())));
+        assert_eq!(pair("h:x"), Err("--target h:x: the port must be a number below 65535".into()));
+        assert_eq!(pair(":1"), Err("--target :1: the host is empty".into()));
+        assert_eq!(
+            peers(&settings, None).unwrap(),
+            (settings.peers.availability.clone(), settings.peers.reservation.clone())
+        );
+    }
 }

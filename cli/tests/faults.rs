@@ -16,11 +16,8 @@ use inventory_mesh::{
     rebuild,
     replay::{self, ReplayOptions, Targets},
 };
-use mesh_proto::{
-    availability::v1::{self as av, availability_service_client::AvailabilityServiceClient},
-    reservation::v1::{self as rv, reservation_service_client::ReservationServiceClient},
-};
-use test_support::{Backend, FaultProxy, Options, RedisProcess, TestMesh, parts};
+use mesh_proto::{availability::v1 as av, reservation::v1 as rv};
+use test_support::{Backend, FaultProxy, MeshProcess, Options, RedisProcess, TestMesh, parts};
 use tonic::Code;
 
 fn dataset() -> PathBuf {
@@ -262,44 +259,13 @@ async fn postgres_unreachable_fails_fast_changes_nothing_and_recovers_by_itself(
     mesh.stop().await;
 }
 
-/// Starts `inventory-mesh run` on free ports against the given stores.
-fn spawn_mesh(database: &str, redis: &str, ports: &[u16; 4]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_inventory-mesh"))
-        .arg("run")
-        .env("DATABASE_URL", database)
-        .env("REDIS_URL", redis)
-        .env("MESH__AVAILABILITY__LISTEN_ADDR", format!("127.0.0.1:{}", ports[0]))
-        .env("MESH__RESERVATION__LISTEN_ADDR", format!("127.0.0.1:{}", ports[1]))
-        .env("MESH__SOURCING__LISTEN_ADDR", format!("127.0.0.1:{}", ports[2]))
-        .env("MESH__REPLENISHMENT__LISTEN_ADDR", format!("127.0.0.1:{}", ports[3]))
-        .env("MESH__RESERVATION__STALE_CLAIM_AFTER", "1s")
-        .env("MESH__RESERVATION__SWEEP_INTERVAL", "200ms")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_for(port: u16) -> tonic::transport::Channel {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    for _ in 0..300 {
-        if let Ok(channel) = endpoint.connect().await {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the mesh did not open port {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orphan_hold() {
     let redis = RedisProcess::start(&[]).await;
     let database = test_support::fresh_postgres_database().await;
-    let ports: [u16; 4] =
-        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-    let mut process = spawn_mesh(&database, &redis.url(), &ports);
-    let mut availability = AvailabilityServiceClient::new(wait_for(ports[0]).await);
-    let reservation = ReservationServiceClient::new(wait_for(ports[1]).await);
+    let mut process = MeshProcess::start(env!("CARGO_BIN_EXE_inventory-mesh"), &database, &redis.url()).await;
+    let mut availability = process.availability().await;
+    let reservation = process.reservation().await;
     let skus: Vec<String> = (0..8).map(|i| format!("K{i}")).collect();
     let events = skus
         .iter()
@@ -351,8 +317,7 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orpha
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    process.kill().unwrap(); // SIGKILL
-    process.wait().unwrap();
+    process.kill(); // SIGKILL
     for client in clients {
         client.await.unwrap();
     }
@@ -360,18 +325,20 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orpha
     assert!(acknowledged.len() > 10, "the burst was too short: {}", acknowledged.len());
     // Restart on the same stores; every acknowledged confirm is there, every unit is held by a
     // recorded hold or free (the sweeper settles claims the crash left), reconcile is clean.
-    let mut process = spawn_mesh(&database, &redis.url(), &ports);
-    let mut reservation = ReservationServiceClient::new(wait_for(ports[1]).await);
+    process.restart().await;
+    let mut reservation = process.reservation().await;
     for id in &acknowledged {
         let got = reservation.get_reservation(rv::GetReservationRequest { reservation_id: id.clone() }).await.unwrap();
         assert_eq!(got.into_inner().reservation.unwrap().status, rv::ReservationStatus::Confirmed as i32, "{id}");
     }
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let report =
-        inventory_mesh::reconcile::reconcile(wait_for(ports[0]).await, wait_for(ports[1]).await).await.unwrap();
+    let report = inventory_mesh::reconcile::reconcile(
+        process.channel(process.base_port).await,
+        process.channel(process.base_port + 1).await,
+    )
+    .await
+    .unwrap();
     assert!(report.is_clean(), "{:#?}", report.differences);
-    process.kill().unwrap();
-    process.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -590,3 +590,99 @@ impl Drop for RedisProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `inventory-mesh run` as a child process (killed with SIGKILL on drop) on four consecutive free
+/// loopback ports, availability first, as `make run` lays them out: for tests that kill and
+/// restart the process or drive the binary's subcommands.
+pub struct MeshProcess {
+    /// The availability port; reservation, sourcing and replenishment follow.
+    pub base_port: u16,
+    binary: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+}
+
+impl MeshProcess {
+    /// Starts `binary run` against `database` and `redis` and waits until every port answers.
+    pub async fn start(binary: &str, database: &str, redis: &str) -> Self {
+        let base_port = consecutive_free_ports(4);
+        let mut env = vec![
+            ("DATABASE_URL".to_owned(), database.to_owned()),
+            ("REDIS_URL".to_owned(), redis.to_owned()),
+            ("MESH__RESERVATION__STALE_CLAIM_AFTER".to_owned(), "1s".to_owned()),
+            ("MESH__RESERVATION__SWEEP_INTERVAL".to_owned(), "200ms".to_owned()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ];
+        for (i, kind) in ["AVAILABILITY", "RESERVATION", "SOURCING", "REPLENISHMENT"].iter().enumerate() {
+            env.push((format!("MESH__{kind}__LISTEN_ADDR"), format!("127.0.0.1:{}", base_port + i as u16)));
+        }
+        let mut process = Self { base_port, binary: binary.into(), env, child: None };
+        process.restart().await;
+        process
+    }
+
+    /// (Re)starts the process on the same ports and stores.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new(&self.binary)
+            .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for port in self.base_port..self.base_port + 4 {
+            self.channel(port).await;
+        }
+    }
+
+    /// `kill -9` of the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connected channel to `port`, waiting up to 15 s for it to open.
+    pub async fn channel(&self, port: u16) -> Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        for _ in 0..300 {
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the mesh did not open port {port}");
+    }
+
+    /// A client of the availability service.
+    pub async fn availability(&self) -> AvailabilityServiceClient<Channel> {
+        AvailabilityServiceClient::new(self.channel(self.base_port).await)
+    }
+
+    /// A client of the reservation service.
+    pub async fn reservation(&self) -> ReservationServiceClient<Channel> {
+        ReservationServiceClient::new(self.channel(self.base_port + 1).await)
+    }
+}
+
+impl Drop for MeshProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The first of `n` consecutive loopback ports that are free now.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base > u16::MAX - n {
+            continue;
+        }
+        if (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}

@@ -157,10 +157,8 @@ fn batch_statement(
     lines: Vec<serde_json::Value>,
     statuses: &[Status],
 ) -> Statement {
-    let mut values: Vec<sea_orm::Value> = vec![
-        serde_json::Value::Array(rows).to_string().into(),
-        serde_json::Value::Array(lines).to_string().into(),
-    ];
+    let mut values: Vec<sea_orm::Value> =
+        vec![serde_json::Value::Array(rows).to_string().into(), serde_json::Value::Array(lines).to_string().into()];
     values.extend(statuses.iter().map(|s| s.code().into()));
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
