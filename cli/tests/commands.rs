@@ -32,29 +32,12 @@ fn tool(target: &MeshProcess, args: &[&str]) -> Output {
         .unwrap()
 }
 
-async fn stock(mesh: &MeshProcess, skus: &[&str], units: i64) {
-    let events = skus
-        .iter()
-        .map(|sku| {
-            test_support::event(
-                &format!("r-{sku}"),
-                av::EventType::Receipt,
-                sku,
-                "L1",
-                units,
-                service_kit::time::now_ms(),
-            )
-        })
-        .collect();
-    mesh.availability().await.ingest_events(av::IngestEventsRequest { events }).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotent_answers_are_replayed_after_a_kill_9_and_restart() {
     let redis = RedisProcess::start(&[]).await;
     let database = test_support::fresh_postgres_database().await;
     let mut mesh = MeshProcess::start(BINARY, &database, &redis.url()).await;
-    stock(&mesh, &["A", "B"], 10).await;
+    mesh.receive(&["A", "B"], "L1", 10).await;
     let mut client = mesh.reservation().await;
     let held = client.create_reservation(create("H1", vec![line("A", 2), line("B", 1)])).await.unwrap().into_inner();
     let extended = client.extend_reservation(extend("H1", "x1", 900_000)).await.unwrap().into_inner();
@@ -138,7 +121,7 @@ async fn the_flash_sale_tool_prints_its_json_last_and_reconcile_lists_a_differen
     assert!(stdout.ends_with(": 0 difference(s)\n"), "{stdout}");
 
     // A hold the records know nothing of (written to Redis behind the mesh's back).
-    stock(&mesh, &["G"], 5).await;
+    mesh.receive(&["G"], "L1", 5).await;
     let engine = CounterEngine::Redis(RedisEngine::connect(&redis.url(), "").await.unwrap());
     engine.reserve("ghost", &[CellUnits { cell: Cell::new("G", "L1"), units: 2 }], 600_000).await.unwrap();
     let output = tool(&mesh, &["reconcile"]);

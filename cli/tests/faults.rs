@@ -264,23 +264,9 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orpha
     let redis = RedisProcess::start(&[]).await;
     let database = test_support::fresh_postgres_database().await;
     let mut process = MeshProcess::start(env!("CARGO_BIN_EXE_inventory-mesh"), &database, &redis.url()).await;
-    let mut availability = process.availability().await;
     let reservation = process.reservation().await;
     let skus: Vec<String> = (0..8).map(|i| format!("K{i}")).collect();
-    let events = skus
-        .iter()
-        .map(|sku| {
-            test_support::event(
-                &format!("r-{sku}"),
-                av::EventType::Receipt,
-                sku,
-                "L1",
-                1_000,
-                service_kit::time::now_ms(),
-            )
-        })
-        .collect();
-    availability.ingest_events(av::IngestEventsRequest { events }).await.unwrap();
+    process.receive(&skus, "L1", 1_000).await;
     // 32 clients reserve 2 SKUs and confirm, until the process dies under them.
     let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
     let clients: Vec<_> = (0..32)

@@ -661,6 +661,18 @@ impl MeshProcess {
         AvailabilityServiceClient::new(self.channel(self.base_port).await)
     }
 
+    /// Receives `units` of every SKU at `location` (one receipt event each).
+    pub async fn receive(&self, skus: &[impl AsRef<str>], location: &str, units: i64) {
+        let now = service_kit::time::now_ms();
+        let events = skus
+            .iter()
+            .map(|sku| {
+                event(&format!("r-{}", sku.as_ref()), av::EventType::Receipt, sku.as_ref(), location, units, now)
+            })
+            .collect();
+        self.availability().await.ingest_events(av::IngestEventsRequest { events }).await.unwrap();
+    }
+
     /// A client of the reservation service.
     pub async fn reservation(&self) -> ReservationServiceClient<Channel> {
         ReservationServiceClient::new(self.channel(self.base_port + 1).await)
