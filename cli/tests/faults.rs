@@ -327,6 +327,80 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_confirm_and_leaves_no_orpha
     assert!(report.is_clean(), "{:#?}", report.differences);
 }
 
+/// Debian's libfaketime, put into .tools/ by `make tools` (scripts/install-tools.sh).
+fn libfaketime() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/faketime/libfaketime.so.1");
+    assert!(path.exists(), "{} is missing: run `make tools` (or `bash scripts/install-tools.sh`)", path.display());
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_expire_by_the_redis_server_clock_when_the_services_clock_is_an_hour_off_b18() {
+    let faketime = libfaketime();
+    for offset in ["+1h", "-1h"] {
+        let redis = RedisProcess::start(&[]).await;
+        let database = test_support::fresh_postgres_database().await;
+        // The mesh's wall clock is an hour off; its timers (monotonic) and Redis's clock are not.
+        let env = [("LD_PRELOAD", faketime.as_str()), ("FAKETIME", offset), ("DONT_FAKE_MONOTONIC", "1")];
+        let mesh =
+            MeshProcess::start_with_env(env!("CARGO_BIN_EXE_inventory-mesh"), &database, &redis.url(), &env).await;
+        mesh.receive(&["A"], "L1", 10).await;
+        let mut reservation = mesh.reservation().await;
+        let create = |id: &str| rv::CreateReservationRequest {
+            reservation_id: id.into(),
+            lines: vec![rv::ReservationLine {
+                sku: "A".into(),
+                location_id: "L1".into(),
+                quantity_units: 1,
+                ..Default::default()
+            }],
+            ttl_ms: 2_000,
+            ..Default::default()
+        };
+        let created_at = service_kit::time::now_ms();
+        let held = reservation.create_reservation(create("H")).await.unwrap().into_inner().reservation.unwrap();
+        reservation.create_reservation(create("C")).await.unwrap();
+        // The deadline is Redis's now + TTL, not the service's.
+        let expires = held.expires_at.unwrap();
+        let expires_ms = expires.seconds * 1_000 + i64::from(expires.nanos) / 1_000_000;
+        assert!((expires_ms - (created_at + 2_000)).abs() < 500, "{offset}: deadline {expires_ms}, now {created_at}");
+        // The service's own clock (its history timestamps) really is an hour off.
+        let at = held.history[0].at.unwrap().seconds * 1_000;
+        let shift = if offset == "+1h" { 3_600_000 } else { -3_600_000 };
+        assert!((at - (created_at + shift)).abs() < 5_000, "{offset}: history at {at}, now {created_at}");
+        // A second in, the hold is live by Redis's clock: it confirms.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let confirm = rv::ConfirmReservationRequest { reservation_id: "C".into(), occurred_at: None };
+        reservation.confirm_reservation(confirm).await.unwrap_or_else(|e| panic!("{offset}: {e:?}"));
+        // Within TTL + 1 s, the other hold is recorded EXPIRED and its unit is back.
+        loop {
+            let got = reservation.get_reservation(rv::GetReservationRequest { reservation_id: "H".into() }).await;
+            if got.unwrap().into_inner().reservation.unwrap().status == rv::ReservationStatus::Expired as i32 {
+                break;
+            }
+            let late = service_kit::time::now_ms() - created_at;
+            assert!(late < 3_000, "{offset}: not recorded EXPIRED within TTL + 1 s ({late} ms)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cells = mesh
+            .availability()
+            .await
+            .get_cell_atp(av::GetCellAtpRequest { cells: vec![test_support::cell("A", "L1")] })
+            .await
+            .unwrap()
+            .into_inner()
+            .cells;
+        assert_eq!(parts(&cells[0]), (10, 0, 1, 9), "{offset}");
+        let report = inventory_mesh::reconcile::reconcile(
+            mesh.channel(mesh.base_port).await,
+            mesh.channel(mesh.base_port + 1).await,
+        )
+        .await
+        .unwrap();
+        assert!(report.is_clean(), "{offset}: {:#?}", report.differences);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_holds_expiring_at_once_among_a_million_keys_are_recorded_within_a_second_b16() {
     use sea_orm::{ConnectionTrait, Statement};

@@ -605,6 +605,11 @@ pub struct MeshProcess {
 impl MeshProcess {
     /// Starts `binary run` against `database` and `redis` and waits until every port answers.
     pub async fn start(binary: &str, database: &str, redis: &str) -> Self {
+        Self::start_with_env(binary, database, redis, &[]).await
+    }
+
+    /// [`MeshProcess::start`] with extra environment variables (e.g. LD_PRELOAD of libfaketime).
+    pub async fn start_with_env(binary: &str, database: &str, redis: &str, extra: &[(&str, &str)]) -> Self {
         let base_port = consecutive_free_ports(4);
         let mut env = vec![
             ("DATABASE_URL".to_owned(), database.to_owned()),
@@ -613,6 +618,7 @@ impl MeshProcess {
             ("MESH__RESERVATION__SWEEP_INTERVAL".to_owned(), "200ms".to_owned()),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         for (i, kind) in ["AVAILABILITY", "RESERVATION", "SOURCING", "REPLENISHMENT"].iter().enumerate() {
             env.push((format!("MESH__{kind}__LISTEN_ADDR"), format!("127.0.0.1:{}", base_port + i as u16)));
         }

@@ -606,8 +606,10 @@ impl Reservations {
     /// recovers confirms a crash left unrecorded, and settles stale claims.
     pub async fn sweep(&self) -> ReservationResult<Sweep> {
         let now = crate::store::now_ms();
-        let mut sweep =
-            Sweep { clock_skew_ms: self.engine.hold_state("clock", &[]).await?.now_ms - now, ..Sweep::default() };
+        // Deadlines are on the counter store's clock (the engine sets them), so that clock says
+        // which are due; claims carry this service's clock.
+        let store_now = self.engine.hold_state("clock", &[]).await?.now_ms;
+        let mut sweep = Sweep { clock_skew_ms: store_now - now, ..Sweep::default() };
         if sweep.clock_skew_ms.abs() > CLOCK_SKEW_ALERT_MS {
             tracing::error!(
                 skew_ms = sweep.clock_skew_ms,
@@ -616,7 +618,7 @@ impl Reservations {
         }
         let mut live_holds_total = 0usize;
         for _ in 0..10 {
-            let step = self.sweep_due(now, &mut sweep, &mut live_holds_total).await?;
+            let step = self.sweep_due(store_now, &mut sweep, &mut live_holds_total).await?;
             if step < SWEEP_BATCH as usize {
                 break;
             }

@@ -4,10 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{Cell, CellUnits, CounterEngine, ManualClock, MemoryEngine, PhysicalChange, ReservePolicy};
-use reservation::{domain::NewReservation, service::Reservations, store::ReservationStore};
+use reservation::{
+    domain::{NewReservation, Status},
+    service::Reservations,
+    store::ReservationStore,
+};
 use sea_orm_migration::MigratorTrait;
 
-async fn reservations(clock: Arc<ManualClock>) -> (Reservations, CounterEngine, tempfile::TempDir) {
+async fn reservations(clock: Arc<ManualClock>) -> (Reservations, CounterEngine, ReservationStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let settings = service_kit::config::DatabaseSettings {
         url: format!("sqlite://{}/r.sqlite?mode=rwc", dir.path().display()),
@@ -17,7 +21,8 @@ async fn reservations(clock: Arc<ManualClock>) -> (Reservations, CounterEngine, 
     let db = service_kit::db::connect(&settings).await.unwrap();
     reservation::migration::Migrator::up(&db, None).await.unwrap();
     let engine = CounterEngine::Memory(Arc::new(MemoryEngine::new(clock)));
-    (Reservations::new(ReservationStore::new(db), engine.clone(), None), engine, dir)
+    let store = ReservationStore::new(db);
+    (Reservations::new(store.clone(), engine.clone(), None), engine, store, dir)
 }
 
 async fn stock(engine: &CounterEngine, sku: &str, units: i64) {
@@ -47,7 +52,7 @@ fn hold(id: &str, sku: &str, ttl_ms: u64) -> NewReservation {
 #[tokio::test]
 async fn a_forward_clock_jump_on_the_counter_store_is_reported_and_holds_expire_by_its_clock_b18() {
     let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
-    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    let (reservations, engine, store, _dir) = reservations(clock.clone()).await;
     stock(&engine, "A", 100).await;
     for i in 0..100 {
         reservations.create(&hold(&format!("h{i}"), "A", 600_000)).await.unwrap();
@@ -59,16 +64,19 @@ async fn a_forward_clock_jump_on_the_counter_store_is_reported_and_holds_expire_
     clock.advance_ms(3_600_000);
     let sweep = reservations.sweep().await.unwrap();
     assert!((3_599_000..3_601_000).contains(&sweep.clock_skew_ms), "{sweep:?}");
-    // Its clock decides: the holds are gone and a confirm is refused as expired, never honoured.
+    // Its clock decides: the holds are gone, recorded EXPIRED in that same sweep although this
+    // service's clock is an hour short of their deadlines, and a confirm is refused as expired.
+    assert_eq!(sweep.expired, 100, "{sweep:?}");
     assert_eq!(engine.read_cells(&[Cell::new("A", "L1")]).await.unwrap()[0].held, 0);
+    assert_eq!(store.get("h0").await.unwrap().map(|r| r.status), Some(Status::Expired));
     let refused = reservations.confirm("h0", None).await.unwrap_err();
-    assert_eq!(refused.to_string(), "HOLD_EXPIRED: hold h0 expired before it was confirmed");
+    assert_eq!(refused.to_string(), "HOLD_EXPIRED: hold h0 expired");
 }
 
 #[tokio::test]
 async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
-    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    let (reservations, engine, _, _dir) = reservations(clock.clone()).await;
     stock(&engine, "A", 200).await;
     for i in 0..100 {
         reservations.create(&hold(&format!("short{i}"), "A", 100)).await.unwrap();
@@ -92,7 +100,7 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_holds_expiring_together_are_recorded_in_one_sweep_b16() {
     let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
-    let (reservations, engine, _dir) = reservations(clock.clone()).await;
+    let (reservations, engine, _, _dir) = reservations(clock.clone()).await;
     for sku in 0..10 {
         stock(&engine, &format!("S{sku}"), 1_000).await;
     }
