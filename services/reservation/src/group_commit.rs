@@ -1,4 +1,5 @@
-//! Group commit of the reserve path's two PostgreSQL writes: the PENDING claim and the HELD record.
+//! Group commit of the reserve path's two PostgreSQL writes: the PENDING claim and the outcome
+//! record (HELD, or REJECTED when the stock was short).
 //! Concurrent reserves queue their write; a writer takes everything queued (up to [`MAX_BATCH`])
 //! and records it as one fixed statement in one transaction, so a batch of reserves shares one
 //! round trip and one plan. Each caller is answered only after its batch committed. No timer
@@ -39,9 +40,12 @@ pub struct Claim {
     pub now: i64,
 }
 
-/// One queued PENDING → HELD record: answered true when the record was still PENDING.
+/// One queued outcome of a reserve, PENDING → HELD (or REJECTED, with nothing held and the
+/// shortages as `detail`): answered true when the record was still PENDING.
 pub struct Hold {
     pub reservation_id: String,
+    pub status: Status,
+    pub detail: String,
     pub expires_at_ms: i64,
     pub hold_limit_ms: i64,
     pub held: Vec<CellUnits>,
@@ -209,17 +213,18 @@ async fn write_claims(db: DatabaseConnection, batch: Vec<(Claim, Reply)>) {
     }
 }
 
-const HOLD_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, expires bigint, \
-     hold_limit bigint, reason text, now bigint), set_config('synchronous_commit', 'off', true) AS s(async)), \
-     r AS (UPDATE reservation_reservations AS t SET status = $3, updated_at_ms = v.now, expires_at_ms = v.expires, \
-     hold_limit_ms = v.hold_limit FROM v WHERE t.reservation_id = v.rid AND t.status = $4 \
+const HOLD_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, status int, \
+     expires bigint, hold_limit bigint, reason text, detail text, now bigint), \
+     set_config('synchronous_commit', 'off', true) AS s(async)), \
+     r AS (UPDATE reservation_reservations AS t SET status = v.status, updated_at_ms = v.now, expires_at_ms = v.expires, \
+     hold_limit_ms = v.hold_limit, detail = v.detail FROM v WHERE t.reservation_id = v.rid AND t.status = $3 \
      RETURNING t.reservation_id), \
      l AS (UPDATE reservation_lines AS t SET reserved_units = x.units \
      FROM jsonb_to_recordset($2::jsonb) AS x(rid text, sku text, loc text, units bigint) \
      JOIN r ON r.reservation_id = x.rid \
      WHERE t.reservation_id = x.rid AND t.sku = x.sku AND t.location_id = x.loc), \
      h AS (INSERT INTO reservation_history (reservation_id, status, at_ms, reason) \
-     SELECT v.rid, $3, v.now, v.reason FROM v JOIN r ON r.reservation_id = v.rid) \
+     SELECT v.rid, v.status, v.now, v.reason FROM v JOIN r ON r.reservation_id = v.rid) \
      SELECT reservation_id FROM r";
 
 /// Writes a batch of hold records: PENDING → HELD, reserved units per line and the history row.
@@ -228,8 +233,8 @@ async fn write_holds(db: DatabaseConnection, batch: Vec<(Hold, Reply)>) {
     let rows: Vec<_> = batch
         .iter()
         .map(|(h, _)| {
-            json!({"rid": h.reservation_id, "expires": h.expires_at_ms, "hold_limit": h.hold_limit_ms,
-                   "reason": h.reason, "now": h.now})
+            json!({"rid": h.reservation_id, "status": h.status.code(), "expires": h.expires_at_ms,
+                   "hold_limit": h.hold_limit_ms, "reason": h.reason, "detail": h.detail, "now": h.now})
         })
         .collect();
     let lines: Vec<_> = batch
@@ -240,7 +245,7 @@ async fn write_holds(db: DatabaseConnection, batch: Vec<(Hold, Reply)>) {
                 .map(|l| json!({"rid": h.reservation_id, "sku": l.cell.sku, "loc": l.cell.location, "units": l.units}))
         })
         .collect();
-    let statement = batch_statement(HOLD_SQL, rows, lines, &[Status::Held, Status::Pending]);
+    let statement = batch_statement(HOLD_SQL, rows, lines, &[Status::Pending]);
     let written = ids_of(&db, statement).await;
     answer(batch, |h: &Hold| h.reservation_id.as_str(), written);
     for (hold, reply) in repeats {

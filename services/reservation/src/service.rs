@@ -163,17 +163,7 @@ impl Reservations {
                 let error = ReservationError::InsufficientStock(shortages);
                 let detail = error.to_string();
                 let detail = detail.trim_start_matches("INSUFFICIENT_STOCK: ");
-                self.store
-                    .transition(
-                        &new.reservation_id,
-                        &[Status::Pending],
-                        Status::Rejected,
-                        "insufficient stock",
-                        None,
-                        0,
-                        Some(detail),
-                    )
-                    .await?;
+                self.store.reject(&new.reservation_id, "insufficient stock", detail).await?;
                 tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
                 return Err(error);
             }

@@ -418,6 +418,27 @@ impl ReservationStore {
             .await?)
     }
 
+    /// Records a refused reserve: PENDING → REJECTED with the shortages as `detail` (batched like
+    /// the hold record on PostgreSQL). Returns false when it was no longer PENDING.
+    pub async fn reject(&self, reservation_id: &str, reason: &str, detail: &str) -> ReservationResult<bool> {
+        if !self.is_postgres() {
+            return self
+                .transition(reservation_id, &[Status::Pending], Status::Rejected, reason, None, 0, Some(detail))
+                .await;
+        }
+        let reject = Hold {
+            reservation_id: reservation_id.to_owned(),
+            status: Status::Rejected,
+            detail: detail.to_owned(),
+            expires_at_ms: 0,
+            hold_limit_ms: 0,
+            held: Vec::new(),
+            reason: reason.to_owned(),
+            now: now_ms(),
+        };
+        Ok(self.group.hold(&self.db, reject).await?)
+    }
+
     /// Records a held reservation: PENDING → HELD with its deadline, hold limit and the units each
     /// line holds. Returns false when it was no longer PENDING.
     pub async fn hold(
@@ -432,6 +453,8 @@ impl ReservationStore {
         if self.is_postgres() {
             let hold = Hold {
                 reservation_id: reservation_id.to_owned(),
+                status: Status::Held,
+                detail: String::new(),
                 expires_at_ms,
                 hold_limit_ms,
                 held: held.to_vec(),
