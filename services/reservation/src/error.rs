@@ -15,7 +15,7 @@ pub enum ReservationError {
     NotFound(String),
     #[error("reservation {0} already exists with a different body")]
     AlreadyExists(String),
-    #[error("{}", describe_shortages(.0))]
+    #[error("{}", describe_shortages(.0, NAMED_SHORTAGES))]
     InsufficientStock(Vec<Shortage>),
     #[error("{reason}: {message}")]
     Refused { reason: &'static str, message: String },
@@ -30,15 +30,24 @@ pub enum ReservationError {
 /// Result of reservation operations.
 pub type ReservationResult<T> = Result<T, ReservationError>;
 
-/// Describes shortages as `A@L1 requested 6, available 5`.
-pub fn describe_shortages(shortages: &[Shortage]) -> String {
+/// Short lines a refusal names in its message; ErrorInfo metadata carries up to
+/// [`DETAILED_SHORTAGES`]. Both stay far below gRPC clients' 8 KiB header limit at 100 lines.
+pub const NAMED_SHORTAGES: usize = 5;
+/// Short lines a refusal lists in its ErrorInfo metadata (`short_lines` gives the count).
+pub const DETAILED_SHORTAGES: usize = 20;
+
+/// Describes at most `limit` shortages as `A@L1 requested 6, available 5`, then how many more.
+pub fn describe_shortages(shortages: &[Shortage], limit: usize) -> String {
     let parts: Vec<String> = shortages
         .iter()
+        .take(limit)
         .map(|s| {
             format!("{}@{} requested {}, available {}", s.cell.sku, s.cell.location, s.requested, s.available.max(0))
         })
         .collect();
-    format!("INSUFFICIENT_STOCK: {}", parts.join("; "))
+    let more = shortages.len().saturating_sub(limit);
+    let more = if more > 0 { format!("; and {more} more short line(s)") } else { String::new() };
+    format!("INSUFFICIENT_STOCK: {}{more}", parts.join("; "))
 }
 
 impl ReservationError {
@@ -75,8 +84,9 @@ impl From<ReservationError> for Status {
         match &error {
             ReservationError::InvalidArgument { field, description } => invalid_argument(field, description),
             ReservationError::InsufficientStock(shortages) => {
-                let metadata: HashMap<String, String> = shortages
+                let mut metadata: HashMap<String, String> = shortages
                     .iter()
+                    .take(DETAILED_SHORTAGES)
                     .map(|s| {
                         (
                             format!("{}@{}", s.cell.sku, s.cell.location),
@@ -84,6 +94,7 @@ impl From<ReservationError> for Status {
                         )
                     })
                     .collect();
+                metadata.insert("short_lines".into(), shortages.len().to_string());
                 let message = error.to_string();
                 failed_precondition("INSUFFICIENT_STOCK", message.trim_start_matches("INSUFFICIENT_STOCK: "), metadata)
             }

@@ -160,9 +160,10 @@ impl Reservations {
                 (state.earliest_deadline_ms(), held)
             }
             ReserveOutcome::Insufficient { shortages } => {
-                let error = ReservationError::InsufficientStock(shortages);
-                let detail = error.to_string();
+                // The record lists every short line; the reply names the first few.
+                let detail = crate::error::describe_shortages(&shortages, usize::MAX);
                 let detail = detail.trim_start_matches("INSUFFICIENT_STOCK: ");
+                let error = ReservationError::InsufficientStock(shortages);
                 self.store.reject(&new.reservation_id, "insufficient stock", detail).await?;
                 tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
                 return Err(error);
@@ -224,7 +225,7 @@ impl Reservations {
     /// Turns a live hold into a commitment; a second confirm is answered as already confirmed.
     pub async fn confirm(&self, reservation_id: &str, occurred_at_ms: Option<i64>) -> ReservationResult<Confirmed> {
         let mut reservation = self.load(reservation_id).await?;
-        for attempt in 0..3 {
+        'attempts: for attempt in 0..3 {
             match reservation.status {
                 Status::Confirmed => return Ok(Confirmed { reservation, already_confirmed: true }),
                 Status::Held => {}
@@ -285,6 +286,19 @@ impl Reservations {
                     {
                         reservation = current; // some lines were released meanwhile: confirm the rest
                         continue;
+                    }
+                    if attempt < 2 && self.engine.hold_state(reservation_id, &cells).await?.live_cells() > 0 {
+                        // Part of the hold is live: a concurrent release of some lines took the
+                        // rest and its record trails by a moment. Confirm what it leaves.
+                        for _ in 0..50 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let current = self.load(reservation_id).await?;
+                            if current.status != Status::Held || current.cells() != cells {
+                                reservation = current;
+                                continue 'attempts;
+                            }
+                        }
+                        return Err(ReservationError::InProgress(reservation_id.to_owned()));
                     }
                     if let Some(current) = self.wait_while_held(reservation_id, 10).await? {
                         return match current.status {

@@ -5,7 +5,8 @@
 //! read it. Every status change is conditional on the status it leaves, so a hold ends exactly once.
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -503,9 +504,9 @@ impl ReservationStore {
         let now = now_ms();
         let total: i64 = released.iter().map(|(_, units)| units).sum();
         let txn = self.db.begin().await?;
-        let to = if ends { Status::Released } else { status };
+        // This update locks the row, so concurrent releases of one reservation's lines take turns
+        // and the last one sees every line released.
         let result = reservation::Entity::update_many()
-            .col_expr(reservation::Column::Status, Expr::value(to.code()))
             .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
             .col_expr(reservation::Column::ReleasedUnits, Expr::col(reservation::Column::ReleasedUnits).add(total))
             .filter(reservation::Column::ReservationId.eq(reservation_id))
@@ -525,8 +526,25 @@ impl ReservationStore {
                 .exec(&txn)
                 .await?;
         }
+        // Releasing the last open line ends the reservation, whichever call released the others.
+        let whole = ends;
+        let ends = whole
+            || line::Entity::find()
+                .filter(line::Column::ReservationId.eq(reservation_id))
+                .filter(line::Column::Released.eq(false))
+                .count(&txn)
+                .await?
+                == 0;
+        let to = if ends { Status::Released } else { status };
+        if to != status {
+            reservation::Entity::update_many()
+                .col_expr(reservation::Column::Status, Expr::value(to.code()))
+                .filter(reservation::Column::ReservationId.eq(reservation_id))
+                .exec(&txn)
+                .await?;
+        }
         let names: Vec<String> = released.iter().map(|(c, _)| format!("{}@{}", c.sku, c.location)).collect();
-        let text = if ends { reason.to_owned() } else { format!("{reason}: lines {}", names.join(", ")) };
+        let text = if whole { reason.to_owned() } else { format!("{reason}: lines {}", names.join(", ")) };
         insert_history(&txn, reservation_id, to, now, &text).await?;
         txn.commit().await?;
         Ok(true)

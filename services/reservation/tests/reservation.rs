@@ -18,13 +18,11 @@ async fn reserve_concurrently(
     sku: &str,
     units: i64,
 ) -> Vec<Result<rv::Reservation, tonic::Status>> {
-    let barrier = Arc::new(Barrier::new(ids.len()));
-    let tasks: Vec<_> = ids
+    let calls = ids
         .into_iter()
         .map(|id| {
-            let (mut client, barrier, sku) = (mesh.reservation.clone(), barrier.clone(), sku.to_owned());
-            tokio::spawn(async move {
-                barrier.wait().await;
+            let (mut client, sku) = (mesh.reservation.clone(), sku.to_owned());
+            Box::pin(async move {
                 client
                     .create_reservation(rv::CreateReservationRequest {
                         reservation_id: id,
@@ -39,15 +37,20 @@ async fn reserve_concurrently(
                     })
                     .await
                     .map(|r| r.into_inner().reservation.unwrap())
-            })
+            }) as Call<Result<rv::Reservation, tonic::Status>>
         })
         .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
+    at_once(calls).await
 }
+
+/// The reservation as GetReservation returns it.
+async fn record(mesh: &TestMesh, id: &str) -> rv::Reservation {
+    let request = rv::GetReservationRequest { reservation_id: id.into() };
+    mesh.reservation.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
+}
+
+/// One call of a concurrent batch.
+type Call<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 backend_tests!(two_checkouts_for_the_last_units_exactly_one_wins_b01, cluster, |mesh: &TestMesh| async move {
     for round in 0..100 {
@@ -804,4 +807,141 @@ backend_tests!(a_hold_lost_in_a_failover_is_never_committed_twice_b23, cluster, 
         (0, rv::ReservationStatus::Released as i32)
     );
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 5, 0));
+});
+
+/// Runs `calls` at once from a barrier and returns their results in order.
+async fn at_once<T: Send + 'static>(calls: Vec<Call<T>>) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(calls.len()));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|call| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                call.await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+backend_tests!(concurrent_releases_of_every_line_end_the_reservation, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 200).await;
+    mesh.receive("B", "L1", 200).await;
+    for round in 0..30 {
+        let id = format!("two{round}");
+        mesh.reserve(&id, &[("A", "L1", 2), ("B", "L1", 3)], TTL).await.unwrap();
+        let confirmed = round % 2 == 1;
+        if confirmed {
+            mesh.confirm(&id).await.unwrap();
+        }
+        // One call releases line A, the other line B, at the same moment.
+        let calls = ["A", "B"]
+            .map(|sku| {
+                let (mesh_id, sku) = (id.clone(), sku.to_owned());
+                let client = mesh.reservation.clone();
+                Box::pin(async move {
+                    let mut client = client;
+                    client
+                        .release_reservation(rv::ReleaseReservationRequest {
+                            reservation_id: mesh_id,
+                            reason: 0,
+                            lines: vec![rv::LineRef { sku, location_id: "L1".into() }],
+                        })
+                        .await
+                        .map(|r| r.into_inner().released_units)
+                }) as Call<Result<i64, tonic::Status>>
+            })
+            .into_iter()
+            .collect();
+        let released: Vec<i64> = at_once(calls).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(released, vec![2, 3], "round {round}");
+        let got = record(mesh, &id).await;
+        assert_eq!(
+            (got.status, got.released_units),
+            (rv::ReservationStatus::Released as i32, 5),
+            "round {round} (confirmed first: {confirmed}): {got:?}"
+        );
+        assert_eq!(got.lines.iter().map(|l| l.released_units).collect::<Vec<_>>(), vec![2, 3], "round {round}");
+        assert_eq!(parts(&mesh.cell("A", "L1").await), (200, 0, 0, 200), "round {round}");
+    }
+});
+
+backend_tests!(a_confirm_racing_a_release_of_one_line_confirms_the_rest, cluster, |mesh: &TestMesh| async move {
+    mesh.receive("A", "L1", 200).await;
+    mesh.receive("B", "L1", 200).await;
+    for round in 0..40 {
+        let id = format!("cr{round}");
+        mesh.reserve(&id, &[("A", "L1", 1), ("B", "L1", 1)], TTL).await.unwrap();
+        let release = {
+            let (mut client, id) = (mesh.reservation.clone(), id.clone());
+            Box::pin(async move {
+                client
+                    .release_reservation(rv::ReleaseReservationRequest {
+                        reservation_id: id,
+                        reason: 0,
+                        lines: vec![rv::LineRef { sku: "A".into(), location_id: "L1".into() }],
+                    })
+                    .await
+                    .map(|_| ())
+            }) as Call<Result<(), tonic::Status>>
+        };
+        let confirm = {
+            let (mut client, id) = (mesh.reservation.clone(), id.clone());
+            Box::pin(async move {
+                client
+                    .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id, occurred_at: None })
+                    .await
+                    .map(|_| ())
+            }) as Call<Result<(), tonic::Status>>
+        };
+        let results = at_once(vec![release, confirm]).await;
+        results[0].as_ref().unwrap_or_else(|e| panic!("round {round}: release {e:?}"));
+        // Never HOLD_LOST: the confirm either confirms (B, or both with A then cancelled), or asks
+        // for a retry that then confirms.
+        if let Err(status) = &results[1] {
+            assert_eq!(status.code(), Code::Aborted, "round {round}: {status:?}");
+            mesh.confirm(&id).await.unwrap();
+        }
+        let got = record(mesh, &id).await;
+        assert_eq!(got.status, rv::ReservationStatus::Confirmed as i32, "round {round}: {got:?}");
+        let open: Vec<i64> = got.lines.iter().map(|l| l.reserved_units - l.released_units).collect();
+        assert_eq!(open, vec![0, 1], "round {round}: only B stays committed: {got:?}");
+    }
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (200, 0, 0, 200));
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (200, 0, 40, 160));
+});
+
+backend_tests!(a_refusal_of_a_hundred_short_lines_fits_in_any_clients_headers, |mesh: &TestMesh| async move {
+    let lines: Vec<rv::ReservationLine> = (0..100)
+        .map(|i| rv::ReservationLine {
+            sku: format!("SHORT-SKU-WITH-A-LONG-NAME-{i:03}"),
+            location_id: "WAREHOUSE-LOCATION-1".into(),
+            quantity_units: 5,
+            ..Default::default()
+        })
+        .collect();
+    let request =
+        rv::CreateReservationRequest { reservation_id: "big".into(), lines, ttl_ms: TTL, ..Default::default() };
+    let refused = mesh.reservation.clone().create_reservation(request).await.unwrap_err();
+    assert_eq!((refused.code(), reason(&refused)), (Code::FailedPrecondition, "INSUFFICIENT_STOCK".to_owned()));
+    assert!(
+        refused.message().starts_with(
+            "INSUFFICIENT_STOCK: SHORT-SKU-WITH-A-LONG-NAME-000@WAREHOUSE-LOCATION-1 requested 5, available 0; "
+        ) && refused.message().ends_with("; and 95 more short line(s)"),
+        "{}",
+        refused.message()
+    );
+    let details = tonic_types::StatusExt::get_error_details(&refused);
+    let info = details.error_info().unwrap();
+    assert_eq!((info.metadata.len(), info.metadata["short_lines"].as_str()), (21, "100"));
+    // grpcio's soft limit on all headers is 8 KiB; the message travels percent-encoded.
+    let mut headers = tonic::codegen::http::HeaderMap::new();
+    refused.add_header(&mut headers).unwrap();
+    let encoded = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>();
+    assert!(encoded < 4_096, "{encoded} bytes of headers");
 });
