@@ -407,7 +407,9 @@ impl Reservations {
             }
             Status::Held => self.release_hold(reservation, reason).await,
             Status::Confirmed => self.cancel_commitment(reservation, reason).await,
-            _ => Ok((reservation, 0)),
+            // A repeated release: nothing more to give back.
+            Status::Released => Ok((reservation, 0)),
+            status @ (Status::Expired | Status::Rejected) => Err(ended(reservation_id, status)),
         }
     }
 
@@ -620,19 +622,21 @@ impl Reservations {
                 "CLOCK_SKEW: the counter store's clock differs from this service's; holds expire by the counter store's clock"
             );
         }
-        let mut live_holds_total = 0usize;
         for _ in 0..10 {
-            let step = self.sweep_due(store_now, &mut sweep, &mut live_holds_total).await?;
+            let step = self.sweep_due(store_now, &mut sweep).await?;
             if step < SWEEP_BATCH as usize {
                 break;
             }
         }
-        let ratio = sweep.expired as f64 / (sweep.expired + live_holds_total).max(1) as f64;
+        // The share of every hold the mesh had (all SKUs), not only of those on the SKUs that
+        // had holds due: a batch of same-TTL holds ending together is normal, all of them is not.
+        let still_held = if sweep.expired >= 10 { self.store.count_held().await? } else { 0 };
+        let ratio = sweep.expired as f64 / (sweep.expired + still_held).max(1) as f64;
         if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
             sweep.mass_expiry = true;
             tracing::error!(
                 expired = sweep.expired,
-                still_live = live_holds_total,
+                still_held,
                 "MASS_EXPIRY: one sweep expired more than {:.0}% of the holds it saw; check the counter store's clock",
                 self.mass_expiry_ratio * 100.0
             );
@@ -642,7 +646,7 @@ impl Reservations {
     }
 
     /// One batch of held-past-deadline records; returns how many were due.
-    async fn sweep_due(&self, now: i64, sweep: &mut Sweep, live_holds_total: &mut usize) -> ReservationResult<usize> {
+    async fn sweep_due(&self, now: i64, sweep: &mut Sweep) -> ReservationResult<usize> {
         let due = self.store.held_past_deadline_with_lines(now, SWEEP_BATCH).await?;
         if !due.is_empty() {
             let mut skus: Vec<String> =
@@ -651,10 +655,8 @@ impl Reservations {
             skus.dedup();
             let mut live: HashSet<(String, Cell)> = HashSet::new();
             let mut committed: HashSet<(String, Cell)> = HashSet::new();
-            *live_holds_total = 0;
             for chunk in skus.chunks(200) {
                 for snapshot in self.engine.snapshot(chunk).await? {
-                    *live_holds_total += snapshot.holds.len();
                     for hold in snapshot.holds {
                         live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
                     }

@@ -371,6 +371,15 @@ impl ReservationStore {
         Ok(true)
     }
 
+    /// How many reservations are HELD.
+    pub async fn count_held(&self) -> ReservationResult<usize> {
+        let n = reservation::Entity::find()
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .count(&self.db)
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Ids of held reservations whose deadline has passed by this process's clock, oldest first.
     pub async fn held_past_deadline(&self, now_ms: i64, limit: u64) -> ReservationResult<Vec<String>> {
         let rows = reservation::Entity::find()

@@ -118,8 +118,11 @@ backend_tests!(counter_never_drifts_and_unknown_release_is_not_found_b02, |mesh:
         assert_eq!(held.len(), 1);
         assert_eq!(parts(&mesh.cell(&sku, "L1").await), (1, 1, 0, 0));
         for id in [format!("x{round}"), format!("y{round}")] {
-            // The loser was recorded as rejected; releasing it changes nothing.
-            mesh.release(&id).await.unwrap();
+            // The loser was recorded as rejected; releasing it is refused and changes nothing.
+            match mesh.release(&id).await {
+                Ok(reply) => assert_eq!((id.as_str(), reply.released_units), (held[0].reservation_id.as_str(), 1)),
+                Err(status) => assert_eq!(reason(&status), "NOT_HELD", "round {round}"),
+            }
         }
         assert_eq!(parts(&mesh.cell(&sku, "L1").await), (1, 0, 0, 1));
     }
@@ -944,4 +947,25 @@ backend_tests!(a_refusal_of_a_hundred_short_lines_fits_in_any_clients_headers, |
     refused.add_header(&mut headers).unwrap();
     let encoded = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>();
     assert!(encoded < 4_096, "{encoded} bytes of headers");
+});
+
+backend_tests!(releasing_an_ended_hold_says_why_and_a_second_release_is_a_no_op, |mesh: &TestMesh| async move {
+    mesh.receive("E", "L1", 5).await;
+    mesh.reserve("short-lived", &[("E", "L1", 1)], 300).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while record(mesh, "short-lived").await.status != rv::ReservationStatus::Expired as i32 {
+        assert!(std::time::Instant::now() < deadline, "the hold was not recorded EXPIRED");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired = mesh.release("short-lived").await.unwrap_err();
+    assert_eq!((expired.code(), reason(&expired)), (Code::FailedPrecondition, "HOLD_EXPIRED".to_owned()));
+    let refused = mesh.reserve("too-many", &[("E", "L1", 6)], TTL).await.unwrap_err();
+    assert_eq!(reason(&refused), "INSUFFICIENT_STOCK");
+    let rejected = mesh.release("too-many").await.unwrap_err();
+    assert_eq!((rejected.code(), reason(&rejected)), (Code::FailedPrecondition, "NOT_HELD".to_owned()));
+    mesh.reserve("twice", &[("E", "L1", 2)], TTL).await.unwrap();
+    assert_eq!(mesh.release("twice").await.unwrap().released_units, 2);
+    let again = mesh.release("twice").await.unwrap();
+    assert_eq!((again.released_units, again.reservation.unwrap().status), (0, rv::ReservationStatus::Released as i32));
+    assert_eq!(parts(&mesh.cell("E", "L1").await), (5, 0, 0, 5));
 });

@@ -89,6 +89,18 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     clock.advance_ms(200);
     let sweep = reservations.sweep().await.unwrap();
     assert_eq!((sweep.expired, sweep.mass_expiry), (100, true), "{sweep:?}");
+    // Ten holds of one TTL ending together while many more are held on another SKU: normal.
+    stock(&engine, "B", 200).await;
+    for i in 0..100 {
+        reservations.create(&hold(&format!("other{i}"), "B", 600_000)).await.unwrap();
+    }
+    for i in 0..10 {
+        reservations.create(&hold(&format!("batch{i}"), "A", 100)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance_ms(200);
+    let sweep = reservations.sweep().await.unwrap();
+    assert_eq!((sweep.expired, sweep.mass_expiry), (10, false), "{sweep:?}");
     // A normal trickle raises nothing.
     reservations.create(&hold("one", "A", 100)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
