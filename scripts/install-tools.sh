@@ -83,7 +83,7 @@ faketime_lib="$tools_dir/faketime/libfaketime.so.1"
 if [[ ! -f "$faketime_lib" ]]; then
   say "installing libfaketime into .tools/faketime (apt-get download libfaketime)"
   work_dir="$(mktemp -d)"
-  (cd "$work_dir" && apt-get download libfaketime >/dev/null)
+  (cd "$work_dir" && apt-get download libfaketime >/dev/null 2>&1) || { say "apt-get download libfaketime failed" >&2; exit 1; }
   dpkg -x "$work_dir"/libfaketime_*.deb "$work_dir/root"
   mkdir -p "$tools_dir/faketime"
   cp "$(find "$work_dir/root" -name libfaketime.so.1 -print -quit)" "$faketime_lib"

@@ -49,6 +49,9 @@ pub struct FlashSaleReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub throughput_per_s: f64,
+    /// The first error a buyer got (code and message), for the tool to show; not in the JSON line.
+    #[serde(skip)]
+    pub first_error: Option<String>,
 }
 
 /// Runs the sale against the availability (setup, read-back) and reservation services.
@@ -77,7 +80,7 @@ pub async fn flash_sale(
             }],
         })
         .await
-        .context("UpsertLocations")?;
+        .map_err(|status| crate::rpc_error("UpsertLocations", &status))?;
     if sale.units > 0 {
         let events = skus
             .iter()
@@ -91,7 +94,10 @@ pub async fn flash_sale(
                 ..InventoryEvent::default()
             })
             .collect();
-        availability.ingest_events(IngestEventsRequest { events }).await.context("IngestEvents")?;
+        availability
+            .ingest_events(IngestEventsRequest { events })
+            .await
+            .map_err(|status| crate::rpc_error("IngestEvents", &status))?;
     }
 
     let next_buyer = Arc::new(AtomicU64::new(0));
@@ -99,10 +105,12 @@ pub async fn flash_sale(
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let barrier = Arc::new(Barrier::new(sale.concurrency + 1));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let mut workers = Vec::with_capacity(sale.concurrency);
     for _ in 0..sale.concurrency {
         let (next_buyer, accepted, rejected, errors, latency, barrier) =
             (next_buyer.clone(), accepted.clone(), rejected.clone(), errors.clone(), latency.clone(), barrier.clone());
+        let first_error = first_error.clone();
         let mut client = ReservationServiceClient::new(reservation.clone());
         let (skus, location, sale) = (skus.clone(), location.clone(), sale.clone());
         workers.push(tokio::spawn(async move {
@@ -134,7 +142,13 @@ pub async fn flash_sale(
                 match result {
                     Ok(_) => accepted.fetch_add(1, Ordering::SeqCst),
                     Err(status) if status.code() == Code::FailedPrecondition => rejected.fetch_add(1, Ordering::SeqCst),
-                    Err(_) => errors.fetch_add(1, Ordering::SeqCst),
+                    Err(status) => {
+                        first_error
+                            .lock()
+                            .await
+                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                        errors.fetch_add(1, Ordering::SeqCst)
+                    }
                 };
             }
             latency.lock().await.add(&local).ok();
@@ -149,8 +163,12 @@ pub async fn flash_sale(
 
     let accepted_buyers = accepted.load(Ordering::SeqCst) as i64;
     let cells = skus.iter().map(|sku| CellRef { sku: sku.clone(), location_id: location.clone() }).collect();
-    let counters =
-        availability.get_cell_atp(GetCellAtpRequest { cells }).await.context("GetCellAtp")?.into_inner().cells;
+    let counters = availability
+        .get_cell_atp(GetCellAtpRequest { cells })
+        .await
+        .map_err(|status| crate::rpc_error("GetCellAtp", &status))?
+        .into_inner()
+        .cells;
     let oversold_units = counters.iter().map(|c| (accepted_buyers.max(c.held_units) - sale.units).max(0)).sum();
     let latency = latency.lock().await;
     Ok(FlashSaleReport {
@@ -162,5 +180,6 @@ pub async fn flash_sale(
         p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
         throughput_per_s: sale.buyers as f64 / elapsed.max(Duration::from_micros(1)).as_secs_f64(),
+        first_error: first_error.lock().await.take(),
     })
 }

@@ -76,18 +76,18 @@ enum Command {
 enum LoadScenario {
     /// A flash sale: U units, N single-unit buyers, C in flight; prints one JSON line last.
     FlashSale {
-        /// Units of each SKU on sale.
-        #[arg(long)]
+        /// Units of each SKU on sale (0 or more).
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i64).range(0..))]
         units: i64,
-        /// Buyers, each reserving one unit of every SKU.
-        #[arg(long)]
+        /// Buyers, each reserving one unit of every SKU (1 or more).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         buyers: u64,
-        /// Reservations in flight at a time.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// SKUs per reservation (lines).
-        #[arg(long, default_value_t = 1)]
-        lines: usize,
+        /// Reservations in flight at a time (1 to 10000).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        concurrency: u32,
+        /// SKUs per reservation (lines, 1 to 100).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        lines: u32,
         /// HOST or HOST:PORT of the mesh (PORT = availability, reservation on PORT+1, as `make run`
         /// lays them out); default: the configured peers.
         #[arg(long)]
@@ -142,6 +142,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         }
         Command::Load { scenario: LoadScenario::FlashSale { units, buyers, concurrency, lines, target } } => {
             let (availability, reservation) = peers(&settings, target.as_deref())?;
+            let (concurrency, lines) = (concurrency as usize, lines as usize);
             let sale = inventory_mesh::load::FlashSale {
                 units,
                 buyers,
@@ -158,6 +159,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 peer_channel(&reservation, &settings.peers)?,
             )
             .await?;
+            if let Some(error) = &report.first_error {
+                eprintln!("{} of {} reservations failed; the first: {error}", report.errors, report.attempts);
+            }
             println!("{}", serde_json::to_string(&report)?);
             Ok(if report.oversold_units == 0 && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -178,7 +182,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let (availability, reservation) = peers(&settings, target.as_deref())?;
             let availability = peer_channel(&availability, &settings.peers)?;
             let reservation = peer_channel(&reservation, &settings.peers)?;
-            let report = reconcile::reconcile(availability, reservation).await.context("reconcile")?;
+            let report = reconcile::reconcile(availability, reservation)
+                .await
+                .map_err(|status| inventory_mesh::rpc_error("ReconcileCounters", &status))?;
             for d in &report.differences {
                 let cell = d.cell.as_ref().map(|c| format!("{}@{}", c.sku, c.location_id)).unwrap_or_default();
                 println!(
@@ -202,22 +208,27 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
 /// The availability and reservation addresses a tool talks to: `--target HOST[:PORT]` (PORT the
 /// availability port, default 50051, reservation on the next one) or the configured peers.
 fn peers(settings: &Settings, target: Option<&str>) -> anyhow::Result<(String, String)> {
-    let Some(target) = target else {
+    let Some(given) = target else {
         return Ok((settings.peers.availability.clone(), settings.peers.reservation.clone()));
     };
-    let target = target.trim_start_matches("http://");
-    let (host, port) = match target.rsplit_once(':') {
-        Some((host, port)) => {
-            let port: u16 = port
+    anyhow::ensure!(
+        !given.starts_with("https://"),
+        "--target {given}: TLS is not spoken by these tools; give HOST[:PORT] of a plaintext port"
+    );
+    let target = given.trim_start_matches("http://").trim_end_matches('/');
+    // An IPv6 host is written in brackets: [::1] or [::1]:7000.
+    let (host, port) = match target.rfind(':') {
+        Some(colon) if !target.ends_with(']') => {
+            let port: u16 = target[colon + 1..]
                 .parse()
                 .ok()
                 .filter(|p| *p < u16::MAX)
-                .with_context(|| format!("--target {target}: the port must be a number below 65535"))?;
-            (host, port)
+                .with_context(|| format!("--target {given}: the port must be a number below 65535"))?;
+            (&target[..colon], port)
         }
-        None => (target, 50051),
+        _ => (target, 50051),
     };
-    anyhow::ensure!(!host.is_empty(), "--target {target}: the host is empty");
+    anyhow::ensure!(!host.is_empty() && !host.contains('/'), "--target {given}: give HOST or HOST:PORT");
     Ok((format!("http://{host}:{port}"), format!("http://{host}:{}", port + 1)))
 }
 
@@ -403,7 +414,14 @@ mod tests {
         assert_eq!(pair("127.0.0.1:7000"), Ok(("http://127.0.0.1:7000".into(), "http://127.0.0.1:7001".into())));
         assert_eq!(pair("http://h:9"), Ok(("http://h:9".into(), "http://h:10".into())));
         assert_eq!(pair("h:x"), Err("--target h:x: the port must be a number below 65535".into()));
-        assert_eq!(pair(":1"), Err("--target :1: the host is empty".into()));
+        assert_eq!(pair(":1"), Err("--target :1: give HOST or HOST:PORT".into()));
+        assert_eq!(pair("h:7000/"), Ok(("http://h:7000".into(), "http://h:7001".into())));
+        assert_eq!(pair("[::1]"), Ok(("http://[::1]:50051".into(), "http://[::1]:50052".into())));
+        assert_eq!(pair("[::1]:7000"), Ok(("http://[::1]:7000".into(), "http://[::1]:7001".into())));
+        assert_eq!(
+            pair("https://h"),
+            Err("--target https://h: TLS is not spoken by these tools; give HOST[:PORT] of a plaintext port".into())
+        );
         assert_eq!(
             peers(&settings, None).unwrap(),
             (settings.peers.availability.clone(), settings.peers.reservation.clone())

@@ -292,8 +292,18 @@ impl ReservationApi {
                 _ => {}
             }
         }
+        let pending: std::collections::HashSet<&String> =
+            records.iter().filter(|(_, status, _, _)| *status == Status::Pending).map(|(id, _, _, _)| id).collect();
         for ((reservation_id, cell), units) in live_holds {
-            diff(&cell, "hold_record", units, 0, format!("live hold {reservation_id} has no held record"));
+            let detail = if pending.contains(&reservation_id) {
+                format!(
+                    "live hold {reservation_id} belongs to a PENDING claim (a reserve cut off before its record; \
+                     the sweeper settles it after reservation.stale_claim_after)"
+                )
+            } else {
+                format!("live hold {reservation_id} has no held record")
+            };
+            diff(&cell, "hold_record", units, 0, detail);
         }
         for ((reservation_id, cell), units) in commitments {
             diff(&cell, "commitment_record", units, 0, format!("commitment {reservation_id} has no confirmed record"));

@@ -6,13 +6,14 @@
 //! waits for a batch to fill: a lone request is written at once, and batches grow only while
 //! earlier ones are in flight (at most [`IN_FLIGHT`] per kind).
 //!
-//! These two writes are the hold's write-behind (DESIGN.md invariant 7): their transactions
-//! commit with `synchronous_commit = off`, so they are visible at once and on disk within
-//! PostgreSQL's WAL-writer bound (3 × `wal_writer_delay`, 600 ms by default). Everything else
-//! (confirm, release, extend, events) commits synchronously, and a synchronous commit flushes all
-//! WAL before it, so a confirmed reservation's claim and hold are never lost. What a PostgreSQL
-//! crash can lose is the record of holds taken in that window; their units stay held in Redis
-//! until the TTL and then return to ATP, and a confirm of such a hold is NOT_FOUND.
+//! These two writes are the hold's write-behind (invariant 7, "nothing accepted is lost", in
+//! docs/architecture.md): their transactions commit with `synchronous_commit = off`, so they are
+//! visible at once and on disk within PostgreSQL's WAL-writer bound (3 × `wal_writer_delay`, 600 ms
+//! by default). Everything else (confirm, release, extend, events) commits synchronously, and a
+//! synchronous commit flushes all WAL before it, so a confirmed reservation's claim and hold are
+//! never lost. What a PostgreSQL crash can lose is the record of holds taken in that window; their
+//! units stay held in Redis until the TTL and then return to ATP, and a confirm of such a hold is
+//! NOT_FOUND.
 //!
 //! A reservation id appears at most once per statement; a second write for the same id in one
 //! batch is done on its own afterwards, so every write sees the one before it.

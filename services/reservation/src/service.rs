@@ -165,7 +165,7 @@ impl Reservations {
                 let detail = detail.trim_start_matches("INSUFFICIENT_STOCK: ");
                 let error = ReservationError::InsufficientStock(shortages);
                 self.store.reject(&new.reservation_id, "insufficient stock", detail).await?;
-                tracing::info!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
+                tracing::debug!(reservation_id = %new.reservation_id, %detail, "reservation rejected");
                 return Err(error);
             }
         };

@@ -217,6 +217,10 @@ async fn crash_leftovers_are_settled(backend: Backend) {
             mesh.engine.reserve(id, &cell_units[..slots_held], TTL).await.unwrap();
         }
     }
+    // Reconcile, before the sweeper gets to them, says what the leftovers are.
+    let report = mesh.reservation.clone().reconcile_counters(rv::ReconcileCountersRequest {}).await.unwrap();
+    let details: Vec<String> = report.into_inner().differences.into_iter().map(|d| d.detail).collect();
+    assert!(details.iter().any(|d| d.starts_with("live hold first-slot belongs to a PENDING claim")), "{details:?}");
     // First slot: 2 + 2 held; other slots: 2 held (all-slots only).
     assert_eq!(parts(&mesh.cell(&skus[0], "L1").await), (10, 4, 0, 6));
     assert_eq!(parts(&mesh.cell(&skus[1], "L1").await), (10, 2, 0, 8));
