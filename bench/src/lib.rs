@@ -251,6 +251,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         db.execute_unprepared(baselines::PG_SCHEMA).await.context("PostgreSQL baseline schema")?;
         db.close().await.ok();
     }
+    let vacuum = autovacuum_stand_in(&config.postgres_url, &[database.clone(), pg_bench_db.clone()]).await?;
     let prefix = format!("{run_id}:");
     eprintln!("bench: starting the mesh (Redis + PostgreSQL) and stocking it");
     let (mesh, mut child, running) = match &config.mesh_binary {
@@ -465,6 +466,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     if let Some(running) = running {
         running.stop().await;
     }
+    if let Some(vacuum) = vacuum {
+        vacuum.abort();
+    }
     baselines::clean_redis(config.redis_port)?;
     let cases = col.finish();
     let m = |name: &str| cases.get(name).map(|c| c.median.clone()).unwrap_or_default();
@@ -527,6 +531,43 @@ async fn oversold(mesh: &Mesh) -> anyhow::Result<i64> {
     Ok(over)
 }
 
+/// Every 2 s, `VACUUM (ANALYZE)` of the run's databases when the server runs without autovacuum
+/// (as CI servers often do): production PostgreSQL keeps statistics and dead index entries in
+/// check by itself, and without that the planner prices every table as empty and every lookup of
+/// a changed row wades through its dead versions, so any PostgreSQL workload, the product's and
+/// the baselines' alike, slows down as it runs. Returns the task, or None when autovacuum is on.
+async fn autovacuum_stand_in(
+    admin_url: &str,
+    databases: &[String],
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use sea_orm::{ConnectionTrait, Database};
+    let admin = Database::connect(admin_url).await?;
+    let row =
+        admin.query_one_raw(sea_orm::Statement::from_string(admin.get_database_backend(), "SHOW autovacuum")).await?;
+    admin.close().await.ok();
+    let on = row.and_then(|r| r.try_get_by_index::<String>(0).ok()).is_some_and(|v| v == "on");
+    if on {
+        return Ok(None);
+    }
+    eprintln!(
+        "bench: the server runs without autovacuum; vacuuming and analyzing the run's databases every 2 s instead"
+    );
+    let mut connections = Vec::new();
+    for url in databases {
+        connections.push(Database::connect(url).await?);
+    }
+    Ok(Some(tokio::spawn(async move {
+        loop {
+            for db in &connections {
+                if let Err(error) = db.execute_unprepared("VACUUM (ANALYZE)").await {
+                    eprintln!("bench: VACUUM (ANALYZE) failed: {error}");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })))
+}
+
 async fn environment(config: &Config) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("cpu".into(), procs::cpu_model());
@@ -551,6 +592,15 @@ async fn environment(config: &Config) -> BTreeMap<String, String> {
             psql("SHOW synchronous_commit"),
             psql("SHOW wal_level")
         ),
+    );
+    env.insert(
+        "postgres_autovacuum".into(),
+        match psql("SHOW autovacuum").as_str() {
+            "off" => {
+                "off on the server; the harness runs VACUUM (ANALYZE) of its databases every 2 s in its place".into()
+            }
+            other => other.to_owned(),
+        },
     );
     env.insert(
         "postgres_clients".into(),

@@ -15,6 +15,8 @@
 //! units stay held in Redis until the TTL and then return to ATP, and a confirm of such a hold is
 //! NOT_FOUND.
 //!
+//! Rows are found by primary key only (`status + 0`, see `store::status_is`).
+//!
 //! A reservation id appears at most once per statement; a second write for the same id in one
 //! batch is done on its own afterwards, so every write sees the one before it.
 use std::{
@@ -218,7 +220,7 @@ const HOLD_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($
      expires bigint, hold_limit bigint, reason text, detail text, now bigint), \
      set_config('synchronous_commit', 'off', true) AS s(async)), \
      r AS (UPDATE reservation_reservations AS t SET status = v.status, updated_at_ms = v.now, expires_at_ms = v.expires, \
-     hold_limit_ms = v.hold_limit, detail = v.detail FROM v WHERE t.reservation_id = v.rid AND t.status = $3 \
+     hold_limit_ms = v.hold_limit, detail = v.detail FROM v WHERE t.reservation_id = v.rid AND t.status + 0 = $3 \
      RETURNING t.reservation_id), \
      l AS (UPDATE reservation_lines AS t SET reserved_units = x.units \
      FROM jsonb_to_recordset($2::jsonb) AS x(rid text, sku text, loc text, units bigint) \

@@ -58,7 +58,8 @@ pub fn routes(
     Ok(ServiceRoutes { routes: Routes::new(ReservationServiceServer::new(api)), service_names: vec![SERVICE_NAME] })
 }
 
-/// Records expired holds durably every `interval` (expiry itself is exact without it).
+/// Records expired holds durably every `interval`, or sooner when a recorded deadline comes first
+/// (expiry itself is exact without it).
 fn spawn_sweeper(
     reservations: service::Reservations,
     interval: Duration,
@@ -72,17 +73,28 @@ fn spawn_sweeper(
             Ok(settled) => tracing::warn!(settled, "settled held reservations a crash left behind their counters"),
             Err(error) => tracing::warn!(%error, "recovery after restart failed; reconcile will show what is left"),
         }
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wait = match reservations.sweep().await {
+                Ok(sweep) => {
+                    if sweep.settled() > 0 {
+                        tracing::debug!(?sweep, "sweeper settled reservations");
+                    }
+                    // Wake at the next deadline (5 ms after it) when it comes before the tick; one
+                    // already past that this sweep left HELD waits for the tick.
+                    let next = sweep
+                        .next_deadline_in_ms
+                        .filter(|ms| *ms > 0)
+                        .map(|ms| Duration::from_millis(ms.unsigned_abs() + 5));
+                    next.map_or(interval, |next| next.min(interval))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "sweep failed; retrying next tick");
+                    interval
+                }
+            };
             tokio::select! {
-                _ = ticker.tick() => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => break,
-            }
-            match reservations.sweep().await {
-                Ok(sweep) if sweep.settled() == 0 => {}
-                Ok(sweep) => tracing::debug!(?sweep, "sweeper settled reservations"),
-                Err(error) => tracing::warn!(%error, "sweep failed; retrying next tick"),
             }
         }
     });

@@ -61,6 +61,10 @@ pub struct Sweep {
     pub mass_expiry: bool,
     /// The counter store's clock minus ours, in ms (it decides expiry).
     pub clock_skew_ms: i64,
+    /// How long until the earliest deadline still recorded HELD (counter store's clock), if any:
+    /// the sweeper wakes then rather than at its next tick, so a hold is recorded EXPIRED soon
+    /// after its deadline whatever the interval.
+    pub next_deadline_in_ms: Option<i64>,
 }
 
 impl Sweep {
@@ -590,9 +594,9 @@ impl Reservations {
         let mut settled = 0;
         let mut after = String::new();
         loop {
-            let ids = self.store.held_changed_before(started_ms, &after, 500).await?;
-            let Some(last) = ids.last() else { break };
-            after = last.clone();
+            let (ids, last) = self.store.held_changed_before(started_ms, &after, 500).await?;
+            let Some(last) = last else { break };
+            after = last;
             for reservation_id in ids {
                 let Some(reservation) = self.store.get(&reservation_id).await? else { continue };
                 let cells = reservation.cells();
@@ -622,16 +626,22 @@ impl Reservations {
                 "CLOCK_SKEW: the counter store's clock differs from this service's; holds expire by the counter store's clock"
             );
         }
+        let mut live_on_swept_skus = 0usize;
         for _ in 0..10 {
-            let step = self.sweep_due(store_now, &mut sweep).await?;
+            let step = self.sweep_due(store_now, &mut sweep, &mut live_on_swept_skus).await?;
             if step < SWEEP_BATCH as usize {
                 break;
             }
         }
         // The share of every hold the mesh had (all SKUs), not only of those on the SKUs that
         // had holds due: a batch of same-TTL holds ending together is normal, all of them is not.
-        let still_held = if sweep.expired >= 10 { self.store.count_held().await? } else { 0 };
-        let ratio = sweep.expired as f64 / (sweep.expired + still_held).max(1) as f64;
+        // The SKUs the sweep looked at decide first (free), the count of every hold only then.
+        let mut ratio = sweep.expired as f64 / (sweep.expired + live_on_swept_skus).max(1) as f64;
+        let mut still_held = live_on_swept_skus;
+        if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
+            still_held = self.store.count_held().await?;
+            ratio = sweep.expired as f64 / (sweep.expired + still_held).max(1) as f64;
+        }
         if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
             sweep.mass_expiry = true;
             tracing::error!(
@@ -642,11 +652,12 @@ impl Reservations {
             );
         }
         self.settle_stale_claims(now, &mut sweep).await?;
+        sweep.next_deadline_in_ms = self.store.earliest_held_deadline().await?.map(|d| d - store_now);
         Ok(sweep)
     }
 
     /// One batch of held-past-deadline records; returns how many were due.
-    async fn sweep_due(&self, now: i64, sweep: &mut Sweep) -> ReservationResult<usize> {
+    async fn sweep_due(&self, now: i64, sweep: &mut Sweep, live_on_skus: &mut usize) -> ReservationResult<usize> {
         let due = self.store.held_past_deadline_with_lines(now, SWEEP_BATCH).await?;
         if !due.is_empty() {
             let mut skus: Vec<String> =
@@ -657,6 +668,7 @@ impl Reservations {
             let mut committed: HashSet<(String, Cell)> = HashSet::new();
             for chunk in skus.chunks(200) {
                 for snapshot in self.engine.snapshot(chunk).await? {
+                    *live_on_skus += snapshot.holds.len();
                     for hold in snapshot.holds {
                         live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
                     }

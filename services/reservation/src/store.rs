@@ -5,8 +5,8 @@
 //! read it. Every status change is conditional on the status it leaves, so a hold ends exactly once.
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -195,6 +195,14 @@ pub struct ReservationStore {
 
 pub use service_kit::time::now_ms;
 
+/// `status IN (codes)` for a lookup by reservation id, written so that PostgreSQL cannot answer
+/// it from the (status, deadline) index: the primary key is always the right path there, but the
+/// planner, seeing few PENDING rows in its statistics, would otherwise scan every PENDING entry of
+/// that index (dead ones included, until vacuum) for each write, a cost that grows with the table.
+fn status_is(codes: impl IntoIterator<Item = i32>) -> sea_orm::sea_query::SimpleExpr {
+    Expr::col(reservation::Column::Status).add(0).is_in(codes)
+}
+
 async fn insert_history(
     txn: &sea_orm::DatabaseTransaction,
     reservation_id: &str,
@@ -271,7 +279,7 @@ impl ReservationStore {
         let txn = self.db.begin().await?;
         let deleted = reservation::Entity::delete_many()
             .filter(reservation::Column::ReservationId.eq(reservation_id))
-            .filter(reservation::Column::Status.eq(Status::Pending.code()))
+            .filter(status_is([Status::Pending.code()]))
             .exec(&txn)
             .await?;
         if deleted.rows_affected == 1 {
@@ -352,7 +360,7 @@ impl ReservationStore {
         }
         let result = update
             .filter(reservation::Column::ReservationId.eq(reservation_id))
-            .filter(reservation::Column::Status.is_in(from.iter().map(|s| s.code())))
+            .filter(status_is(from.iter().map(|s| s.code())))
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
@@ -369,6 +377,19 @@ impl ReservationStore {
         insert_history(&txn, reservation_id, to, now, reason).await?;
         txn.commit().await?;
         Ok(true)
+    }
+
+    /// The earliest deadline of a HELD reservation.
+    pub async fn earliest_held_deadline(&self) -> ReservationResult<Option<i64>> {
+        Ok(reservation::Entity::find()
+            .select_only()
+            .column(reservation::Column::ExpiresAtMs)
+            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .order_by_asc(reservation::Column::ExpiresAtMs)
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?)
     }
 
     /// How many reservations are HELD.
@@ -395,24 +416,33 @@ impl ReservationStore {
         Ok(rows)
     }
 
-    /// Ids of HELD reservations last changed before `before_ms`, after `after_id` in id order (paging).
+    /// One page of the reservations after `after_id` in id order (walked on the primary key, so
+    /// a full walk reads each row once whatever the table's history): the ids of those HELD and
+    /// last changed before `before_ms`, and the last id the page looked at (None at the end).
     pub async fn held_changed_before(
         &self,
         before_ms: i64,
         after_id: &str,
         limit: u64,
-    ) -> ReservationResult<Vec<String>> {
-        Ok(reservation::Entity::find()
+    ) -> ReservationResult<(Vec<String>, Option<String>)> {
+        let page: Vec<(String, i32, i64)> = reservation::Entity::find()
             .select_only()
             .column(reservation::Column::ReservationId)
-            .filter(reservation::Column::Status.eq(Status::Held.code()))
-            .filter(reservation::Column::UpdatedAtMs.lt(before_ms))
+            .column(reservation::Column::Status)
+            .column(reservation::Column::UpdatedAtMs)
             .filter(reservation::Column::ReservationId.gt(after_id))
             .order_by_asc(reservation::Column::ReservationId)
             .limit(limit)
-            .into_tuple::<String>()
+            .into_tuple()
             .all(&self.db)
-            .await?)
+            .await?;
+        let last = page.last().map(|(id, _, _)| id.clone());
+        let held = page
+            .into_iter()
+            .filter(|(_, status, updated)| *status == Status::Held.code() && *updated < before_ms)
+            .map(|(id, _, _)| id)
+            .collect();
+        Ok((held, last))
     }
 
     /// Ids of PENDING claims older than `before_ms` (a crash between claim and answer).
@@ -480,7 +510,7 @@ impl ReservationStore {
             .col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms))
             .col_expr(reservation::Column::HoldLimitMs, Expr::value(hold_limit_ms))
             .filter(reservation::Column::ReservationId.eq(reservation_id))
-            .filter(reservation::Column::Status.eq(Status::Pending.code()))
+            .filter(status_is([Status::Pending.code()]))
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
@@ -519,7 +549,7 @@ impl ReservationStore {
             .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
             .col_expr(reservation::Column::ReleasedUnits, Expr::col(reservation::Column::ReleasedUnits).add(total))
             .filter(reservation::Column::ReservationId.eq(reservation_id))
-            .filter(reservation::Column::Status.eq(status.code()))
+            .filter(status_is([status.code()]))
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
@@ -572,7 +602,7 @@ impl ReservationStore {
             .col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms))
             .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
             .filter(reservation::Column::ReservationId.eq(reservation_id))
-            .filter(reservation::Column::Status.eq(Status::Held.code()))
+            .filter(status_is([Status::Held.code()]))
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
@@ -591,19 +621,22 @@ impl ReservationStore {
         }
         let now = now_ms();
         if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            // One statement, one round trip: move what is still HELD and record each move.
-            let placeholders: Vec<String> = (0..reservation_ids.len()).map(|i| format!("${}", i + 3)).collect();
+            // One statement, one round trip, one fixed plan (the ids travel as one JSON array):
+            // move what is still HELD and record each move. Committed without waiting for the
+            // WAL flush: a record lost with PostgreSQL stays HELD, and the next sweep expires it
+            // again from the counters, which no longer hold it.
             let sql = format!(
-                "WITH moved AS (UPDATE reservation_reservations SET status = {expired}, updated_at_ms = $1 \
-                 WHERE status = {held} AND reservation_id IN ({ids}) RETURNING reservation_id) \
+                "WITH ids AS (SELECT jsonb_array_elements_text($3::jsonb) AS id, \
+                 set_config('synchronous_commit', 'off', true)), \
+                 moved AS (UPDATE reservation_reservations SET status = {expired}, updated_at_ms = $1 \
+                 FROM ids WHERE reservation_id = ids.id AND status + 0 = {held} RETURNING reservation_id) \
                  INSERT INTO reservation_history (reservation_id, status, at_ms, reason) \
                  SELECT reservation_id, {expired}, $1, $2 FROM moved",
                 expired = Status::Expired.code(),
                 held = Status::Held.code(),
-                ids = placeholders.join(", ")
             );
-            let mut values: Vec<sea_orm::Value> = vec![now.into(), "expired".into()];
-            values.extend(reservation_ids.iter().map(|id| sea_orm::Value::from(id.clone())));
+            let ids = serde_json::Value::from(reservation_ids.to_vec()).to_string();
+            let values: Vec<sea_orm::Value> = vec![now.into(), "expired".into(), ids.into()];
             let statement = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
             let result = sea_orm::ConnectionTrait::execute_raw(&self.db, statement).await?;
             return Ok(result.rows_affected() as usize);
@@ -636,33 +669,30 @@ impl ReservationStore {
         now_ms: i64,
         limit: u64,
     ) -> ReservationResult<Vec<(String, i64, Vec<Cell>)>> {
-        let rows = reservation::Entity::find()
-            .filter(reservation::Column::Status.eq(Status::Held.code()))
-            .filter(reservation::Column::ExpiresAtMs.lte(now_ms))
-            .order_by_asc(reservation::Column::ExpiresAtMs)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        let ids: Vec<String> = rows.iter().map(|r| r.reservation_id.clone()).collect();
-        let mut cells: std::collections::HashMap<String, Vec<Cell>> = Default::default();
-        for chunk in ids.chunks(5_000) {
-            let lines = line::Entity::find()
-                .filter(line::Column::ReservationId.is_in(chunk.iter().cloned()))
-                .filter(line::Column::ReservedUnits.gt(0))
-                .filter(line::Column::Released.eq(false))
-                .all(&self.db)
-                .await?;
-            for l in lines {
-                cells.entry(l.reservation_id).or_default().push(Cell::new(l.sku, l.location_id));
+        // One join with a fixed text (numbers inlined): no IN list of thousands of ids to plan.
+        let sql = format!(
+            "SELECT r.reservation_id, r.expires_at_ms, l.sku, l.location_id FROM \
+             (SELECT reservation_id, expires_at_ms FROM reservation_reservations \
+              WHERE status = {held} AND expires_at_ms <= {now_ms} ORDER BY expires_at_ms LIMIT {limit}) r \
+             LEFT JOIN reservation_lines l ON l.reservation_id = r.reservation_id \
+              AND l.reserved_units > 0 AND NOT l.released \
+             ORDER BY r.expires_at_ms, r.reservation_id",
+            held = Status::Held.code()
+        );
+        let rows = self.db.query_all_raw(Statement::from_string(self.db.get_database_backend(), sql)).await?;
+        let mut out: Vec<(String, i64, Vec<Cell>)> = Vec::new();
+        for row in rows {
+            let (id, expires): (String, i64) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+            let sku: Option<String> = row.try_get_by_index(2)?;
+            let location: Option<String> = row.try_get_by_index(3)?;
+            if out.last().is_none_or(|(last, _, _)| *last != id) {
+                out.push((id, expires, Vec::new()));
+            }
+            if let (Some(sku), Some(location), Some((_, _, cells))) = (sku, location, out.last_mut()) {
+                cells.push(Cell::new(sku, location));
             }
         }
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let cells = cells.remove(&r.reservation_id).unwrap_or_default();
-                (r.reservation_id, r.expires_at_ms, cells)
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Claims a keyed request. Returns None when this call owns it, or the stored row (whose
@@ -712,32 +742,28 @@ impl ReservationStore {
         &self,
         statuses: &[Status],
     ) -> ReservationResult<Vec<(String, Status, i64, CellUnits)>> {
-        let rows = reservation::Entity::find()
-            .filter(reservation::Column::Status.is_in(statuses.iter().map(|s| s.code())))
-            .all(&self.db)
-            .await?;
-        let mut by_id = std::collections::HashMap::new();
-        for row in &rows {
-            by_id.insert(row.reservation_id.clone(), (Status::from_code(row.status), row.expires_at_ms));
-        }
-        let mut out = Vec::new();
-        for chunk in rows.chunks(500) {
-            let ids: Vec<String> = chunk.iter().map(|r| r.reservation_id.clone()).collect();
-            let lines = line::Entity::find().filter(line::Column::ReservationId.is_in(ids)).all(&self.db).await?;
-            for l in lines {
-                let (status, deadline) = by_id[&l.reservation_id];
-                // A PENDING claim has reserved nothing yet: report what it asked for.
-                let units = if status == Status::Pending { l.units } else { l.reserved_units };
-                if units == 0 || l.released {
-                    continue;
-                }
-                out.push((
-                    l.reservation_id,
-                    status,
-                    deadline,
-                    CellUnits { cell: Cell::new(l.sku, l.location_id), units },
-                ));
+        // One join, not one query per chunk of ids: a long IN list makes the planner scan the
+        // whole lines table once per chunk.
+        let codes: Vec<String> = statuses.iter().map(|s| s.code().to_string()).collect();
+        let sql = format!(
+            "SELECT l.reservation_id, r.status, r.expires_at_ms, l.sku, l.location_id, l.units, l.reserved_units, \
+             l.released FROM reservation_lines l JOIN reservation_reservations r ON r.reservation_id = l.reservation_id \
+             WHERE r.status IN ({})",
+            codes.join(", ")
+        );
+        let rows = self.db.query_all_raw(Statement::from_string(self.db.get_database_backend(), sql)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status = Status::from_code(row.try_get_by_index::<i32>(1)?);
+            let (units, reserved, released): (i64, i64, bool) =
+                (row.try_get_by_index(5)?, row.try_get_by_index(6)?, row.try_get_by_index(7)?);
+            // A PENDING claim has reserved nothing yet: report what it asked for.
+            let units = if status == Status::Pending { units } else { reserved };
+            if units == 0 || released {
+                continue;
             }
+            let cell = Cell::new(row.try_get_by_index::<String>(3)?, row.try_get_by_index::<String>(4)?);
+            out.push((row.try_get_by_index(0)?, status, row.try_get_by_index(2)?, CellUnits { cell, units }));
         }
         Ok(out)
     }
