@@ -120,12 +120,12 @@ impl ReplenishmentApi {
             for alert in open.iter().filter(|a| Some(a.kind) != level) {
                 self.store.close(alert.id, now).await?;
             }
-            if let Some(kind) = level {
-                if !open.iter().any(|a| a.kind == kind) {
-                    let alert = self.store.raise(&cell.sku, &cell.location_id, kind, q.atp_units, now).await?;
-                    tracing::info!(sku = %cell.sku, location = %cell.location_id, kind = ?kind, atp = q.atp_units, "alert raised");
-                    raised.push(alert);
-                }
+            if let Some(kind) = level
+                && !open.iter().any(|a| a.kind == kind)
+            {
+                let alert = self.store.raise(&cell.sku, &cell.location_id, kind, q.atp_units, now).await?;
+                tracing::info!(sku = %cell.sku, location = %cell.location_id, kind = ?kind, atp = q.atp_units, "alert raised");
+                raised.push(alert);
             }
         }
         Ok((raised, quantities))
@@ -178,12 +178,12 @@ impl ReplenishmentService for ReplenishmentApi {
         }
         // A demand id already recorded with another body is refused before anything is recorded.
         for (i, (id, sku, location_id, quantity, at)) in parsed.iter().enumerate() {
-            if let Some(existing) = self.store.demand(id).await? {
-                if existing != (sku.clone(), location_id.clone(), *quantity, *at) {
-                    return Err(Status::already_exists(format!(
-                        "demands[{i}].demand_id: {id} was recorded with a different body"
-                    )));
-                }
+            if let Some(existing) = self.store.demand(id).await?
+                && existing != (sku.clone(), location_id.clone(), *quantity, *at)
+            {
+                return Err(Status::already_exists(format!(
+                    "demands[{i}].demand_id: {id} was recorded with a different body"
+                )));
             }
         }
         let (mut recorded, mut duplicates) = (0u32, 0u32);

@@ -277,16 +277,16 @@ impl ReservationApi {
                     ),
                 },
                 Status::Confirmed => {
-                    if let Some(units) = commitments.remove(&key) {
-                        if units > line.units {
-                            diff(
-                                &line.cell,
-                                "commitment_record",
-                                units,
-                                line.units,
-                                format!("commitment of {reservation_id} exceeds its confirmed line"),
-                            );
-                        }
+                    if let Some(units) = commitments.remove(&key)
+                        && units > line.units
+                    {
+                        diff(
+                            &line.cell,
+                            "commitment_record",
+                            units,
+                            line.units,
+                            format!("commitment of {reservation_id} exceeds its confirmed line"),
+                        );
                     }
                 }
                 _ => {}
@@ -421,8 +421,7 @@ impl ReservationService for ReservationApi {
             .reservations
             .store
             .get(&request.reservation_id)
-            .await
-            .map_err(ReservationError::from)?
+            .await?
             .ok_or_else(|| ReservationError::NotFound(request.reservation_id.clone()))?;
         Ok(Response::new(pb::GetReservationResponse { reservation: Some(to_wire(&reservation)) }))
     }

@@ -667,13 +667,22 @@ impl ReservationStore {
     pub async fn held_past_deadline_with_lines(
         &self,
         now_ms: i64,
+        after: Option<(i64, String)>,
         limit: u64,
     ) -> ReservationResult<Vec<(String, i64, Vec<Cell>)>> {
         // One join with a fixed text (numbers inlined): no IN list of thousands of ids to plan.
+        // `after` continues from the last (deadline, id) of the previous batch.
+        let after = match after {
+            Some((deadline, id)) => {
+                format!(" AND (expires_at_ms, reservation_id) > ({deadline}, '{}')", id.replace('\'', "''"))
+            }
+            None => String::new(),
+        };
         let sql = format!(
             "SELECT r.reservation_id, r.expires_at_ms, l.sku, l.location_id FROM \
              (SELECT reservation_id, expires_at_ms FROM reservation_reservations \
-              WHERE status = {held} AND expires_at_ms <= {now_ms} ORDER BY expires_at_ms LIMIT {limit}) r \
+              WHERE status = {held} AND expires_at_ms <= {now_ms}{after} \
+              ORDER BY expires_at_ms, reservation_id LIMIT {limit}) r \
              LEFT JOIN reservation_lines l ON l.reservation_id = r.reservation_id \
               AND l.reserved_units > 0 AND NOT l.released \
              ORDER BY r.expires_at_ms, r.reservation_id",
