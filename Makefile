@@ -33,7 +33,9 @@ run-replenishment: ## Run only the replenishment service
 	cargo run --release -p inventory-mesh -- serve replenishment
 
 test: export PATH := $(TOOLS_BIN):$(PATH)
-test: tools ## Run every test: nextest over the workspace, grpcurl smoke test, Helm checks
+test: tools ## Run every test: rustfmt and clippy, nextest over the workspace, grpcurl smoke test, Helm checks
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo nextest run --workspace --no-fail-fast
 	bash scripts/grpcurl-smoke.sh
 	bash scripts/helm-check.sh

@@ -109,6 +109,10 @@ def main() -> int:
         container = check_pod(owner, pod)
         check(container["command"] + container["args"] == ["inventory-mesh", "serve", component], f"{owner}: does not run `inventory-mesh serve {component}`")
         (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            check(annotations.get("prometheus.io/port") == str(port), f"{owner}: prometheus.io/port is {annotations.get('prometheus.io/port')!r}, not the gRPC port {port}")
+            check(annotations.get("prometheus.io/path") == "/metrics", f"{owner}: prometheus.io/path is not /metrics")
         env = check_env(owner, container["env"])
         listen = env.get(f"MESH__{component.upper()}__LISTEN_ADDR", {}).get("value")
         check(listen == f"0.0.0.0:{port}", f"{owner}: MESH__{component.upper()}__LISTEN_ADDR={listen!r}, expected 0.0.0.0:{port}")
@@ -140,7 +144,7 @@ def main() -> int:
         for problem in problems:
             print(f"  FAIL invariant: {problem}")
         return 1
-    print(f"  ok   invariants ({summary}): labels, selectors, security, gRPC probes, env, peers, shutdown")
+    print(f"  ok   invariants ({summary}): labels, selectors, security, gRPC probes, metrics scrape, env, peers, shutdown")
     return 0
 
 

@@ -2,8 +2,8 @@
 # Smoke test through a real client: builds `inventory-mesh`, runs the whole mesh in one process on
 # embedded defaults (SQLite in a temp dir, in-process counters) on free loopback ports, and drives
 # it with grpcurl (server reflection, as the platform team does): health, list, describe and one
-# real call per service, asserting on the exact output. Prints PASS/FAIL per check; exits
-# non-zero on any failure. Needs .tools/bin/grpcurl (`make tools`).
+# real call per service, asserting on the exact output, and GET /metrics with curl. Prints
+# PASS/FAIL per check; exits non-zero on any failure. Needs .tools/bin/grpcurl (`make tools`).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -208,6 +208,10 @@ expect "replenishment: ListAlerts succeeds" '' "$output" "$rc"
 
 output="$(rpc replenishment replenishment.v1.ReplenishmentService/RunReplenishment '{}')" && rc=0 || rc=$?
 expect "replenishment: RunReplenishment succeeds" '' "$output" "$rc"
+
+# Prometheus scrapes GET /metrics (HTTP/1.1) on the same ports as gRPC.
+output="$(curl -sS --max-time 10 "http://${addr[reservation]}/metrics" 2>&1)" && rc=0 || rc=$?
+expect "reservation: GET /metrics serves the sweeper's counters" 'inventory_mesh_holds_expired_total 0' "$output" "$rc"
 
 # --- graceful shutdown on SIGTERM --------------------------------------------------------------
 kill -TERM "$mesh_pid"

@@ -97,7 +97,7 @@ pub fn evalsha(
     }
     let csv = run("redis-benchmark", &args, &[])?;
     // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    let row = csv.lines().filter(|l| !l.starts_with("\"test\"")).last().context("redis-benchmark printed no result")?;
+    let row = csv.lines().rfind(|l| !l.starts_with("\"test\"")).context("redis-benchmark printed no result")?;
     let cols: Vec<f64> = row.split(',').skip(1).map(|c| c.trim_matches('"').parse().unwrap_or(0.0)).collect();
     Ok(External {
         throughput: cols.first().copied().unwrap_or(0.0),
@@ -260,7 +260,7 @@ pub fn h2load_ceiling(
         .lines()
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1))
-        .and_then(|v| v.trim().split_whitespace().next())
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .context("h2load printed no req/s")?;
     // "requests: 100000 total, 100000 started, 100000 done, 100000 succeeded, 0 failed, 0 errored, 0 timeout"
@@ -268,7 +268,7 @@ pub fn h2load_ceiling(
         .lines()
         .find(|l| l.starts_with("requests:"))
         .and_then(|l| l.split(',').find(|p| p.contains("failed")))
-        .and_then(|p| p.trim().split_whitespace().next())
+        .and_then(|p| p.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     // "time for request:   123us   4.56ms   789us   ..." (min, max, mean, sd)

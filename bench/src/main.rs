@@ -1,5 +1,6 @@
 //! `mesh-bench`: `make bench` runs `mesh-bench run`; `ceiling-server` is the RPC-ceiling server it
 //! starts as a child process.
+#![allow(clippy::print_stdout)] // the summary line is for the terminal
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};

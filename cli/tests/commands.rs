@@ -1,6 +1,9 @@
 //! The `inventory-mesh` binary as users run it, against a mesh process on PostgreSQL and a private
 //! Redis: idempotent answers survive a `kill -9` and restart, `load flash-sale` prints its JSON
 //! last and exits 0, `reconcile` exits 0 on a clean mesh and 1 listing an injected difference.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Output};
 
 use mesh_counters::{Cell, CellUnits, CounterEngine, RedisEngine};

@@ -1,7 +1,11 @@
 //! Faults the mesh must survive, each injected for real: Redis losing all its data in the middle
 //! of a replay (FLUSHALL) and at startup (empty or foreign), `kill -9` of the process during a
-//! burst of reserves and confirms, and Redis or PostgreSQL becoming unreachable and coming back.
+//! burst of reserves and confirms, Redis or PostgreSQL becoming unreachable and coming back, and
+//! failovers to replicas (lagging, without the scripts, or read from directly).
 //! Every test breaks a private redis-server (or a proxy in front of a store), never the shared one.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     path::PathBuf,
     sync::{
@@ -541,10 +545,112 @@ async fn the_first_reserve_after_a_failover_to_a_replica_without_scripts_succeed
         replica.command(redis::cmd("SCRIPT").arg("EXISTS").arg("0000000000000000000000000000000000000000")).await;
     assert_eq!(scripts, vec![false]);
     proxy.switch_to(replica.addr()).await;
+    const RELOADS: &str = r#"inventory_mesh_script_reloads_total{script="reserve"}"#;
+    let reloads_before = test_support::metric(&mesh.metrics().await, RELOADS).expect("the reload counter is served");
     // The replica never loaded the scripts: the call meets NOSCRIPT, loads them, and holds once.
     let after = mesh.reserve("after", &[("A", "L1", 1)], 600_000).await.unwrap();
     assert_eq!(after.status, rv::ReservationStatus::Held as i32);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 2, 0, 3));
+    // The fallback is counted once, on /metrics as Prometheus scrapes it.
+    assert_eq!(test_support::metric(&mesh.metrics().await, RELOADS), Some(reloads_before + 1.0));
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+/// Waits (at most `within`) until `replica` has `value` in field `field` of `key`.
+async fn replicated(replica: &RedisProcess, key: &str, field: &str, value: &str, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let seen: Option<String> = replica.command(redis::cmd("HGET").arg(key).arg(field)).await;
+        if seen.as_deref() == Some(value) {
+            return;
+        }
+        assert!(start.elapsed() < within, "the replica has {key} {field} = {seen:?}, not {value}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_that_reached_a_lagging_replica_late_still_ends_at_its_deadline_after_failover_b18() {
+    // The replica follows the primary through a link the test can cut: cutting it is replication
+    // lag. The mesh talks to the primary through a second proxy, switched at the failover.
+    let primary = RedisProcess::start(&["--repl-diskless-sync-delay", "0"]).await;
+    let link = FaultProxy::start(primary.addr()).await;
+    let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &link.addr.port().to_string()]).await;
+    let front = FaultProxy::start(primary.addr()).await;
+    let options = Options { redis_url: Some(format!("redis://{}", front.addr)), ..Options::default() };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    let prefix = mesh.settings.redis.key_prefix.clone();
+    mesh.receive("A", "L1", 5).await;
+    let cells = format!("{prefix}im:{{A}}:cells");
+    replicated(&replica, &cells, "oh:L1", "5", Duration::from_secs(5)).await;
+    // t0: the hold (TTL 6 s) is taken while the replica lags; the link comes back 1.5 s later.
+    link.cut().await;
+    let created = Instant::now();
+    let hold = mesh.reserve("H", &[("A", "L1", 1)], 6_000).await.unwrap();
+    let deadline_ms = hold.expires_at.as_ref().map(|t| t.seconds * 1_000 + i64::from(t.nanos) / 1_000_000).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    link.restore();
+    replicated(&replica, &cells, "h:L1", "1", Duration::from_secs(3)).await;
+    let lag = created.elapsed();
+    // What reached the replica is the absolute deadline, not a TTL that restarts on arrival.
+    let score: Option<f64> =
+        replica.command(redis::cmd("ZSCORE").arg(format!("{prefix}im:{{A}}:hx")).arg("H|L1")).await;
+    assert_eq!(score.map(|s| s as i64), Some(deadline_ms), "replicated {lag:?} after the hold was taken");
+    // Fail over to the replica; the hold is live there until its deadline, not deadline + lag.
+    let _: () = replica.command(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await;
+    front.switch_to(replica.addr()).await;
+    assert!(created.elapsed() < Duration::from_millis(5_500), "the failover came too late: {:?}", created.elapsed());
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 1, 0, 4));
+    tokio::time::sleep(Duration::from_millis(6_100).saturating_sub(created.elapsed())).await;
+    // Past the deadline (though the hold arrived late): ATP is back and Confirm is refused.
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
+    let refused = mesh.confirm("H").await.unwrap_err();
+    assert_eq!((refused.code(), test_support::reason(&refused).as_str()), (Code::FailedPrecondition, "HOLD_EXPIRED"));
+    // And the record says EXPIRED within TTL + 1 s of the hold being taken.
+    tokio::time::sleep(Duration::from_millis(7_000).saturating_sub(created.elapsed())).await;
+    let record = mesh.record("H").await;
+    assert_eq!(record.status, rv::ReservationStatus::Expired as i32);
+    mesh.assert_reconciled().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_never_serves_an_expired_hold_as_held_and_never_decides_a_reserve_b18() {
+    use mesh_counters::{Cell, CellUnits, CounterEngine, RedisEngine, ReservePolicy};
+    let primary = RedisProcess::start(&["--repl-diskless-sync-delay", "0"]).await;
+    let link = FaultProxy::start(primary.addr()).await;
+    let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &link.addr.port().to_string()]).await;
+    let options = Options { redis_url: Some(primary.url()), ..Options::default() };
+    let mesh = TestMesh::start_with(Backend::External, options).await;
+    let prefix = mesh.settings.redis.key_prefix.clone();
+    mesh.receive("A", "L1", 5).await;
+    mesh.receive("B", "L1", 5).await;
+    mesh.reserve("short", &[("A", "L1", 1)], 1_000).await.unwrap();
+    mesh.reserve("long", &[("A", "L1", 1), ("B", "L1", 1)], 600_000).await.unwrap();
+    replicated(&replica, &format!("{prefix}im:{{A}}:cells"), "h:L1", "2", Duration::from_secs(5)).await;
+    replicated(&replica, &format!("{prefix}im:{{B}}:cells"), "h:L1", "1", Duration::from_secs(5)).await;
+    // Replication stops; "short" passes its deadline. The primary stops counting it; the replica
+    // still has it in its data, as an old replica would.
+    link.cut().await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 1, 0, 4));
+    let stale: Option<String> =
+        replica.command(redis::cmd("HGET").arg(format!("{prefix}im:{{A}}:cells")).arg("h:L1")).await;
+    assert_eq!(stale.as_deref(), Some("2"));
+    let through_replica = CounterEngine::Redis(RedisEngine::connect(&replica.url(), &prefix).await.unwrap());
+    // Every read checks deadlines against the server clock: B, with only a live hold, reads right
+    // through the replica; A's expired hold is never counted: the read refuses (READONLY) instead.
+    let b = through_replica.read_cells(&[Cell::new("B", "L1")]).await.unwrap();
+    assert_eq!((b[0].on_hand, b[0].held), (5, 1));
+    let a = through_replica.read_cells(&[Cell::new("A", "L1")]).await.unwrap_err();
+    assert!(a.to_string().contains("read only replica"), "{a}");
+    // A reserve through the replica decides nothing, and changes nothing anywhere.
+    let line = CellUnits { cell: Cell::new("B", "L1"), units: 1 };
+    let reserve = through_replica.reserve_with("via-replica", &[line], 60_000, ReservePolicy::AllOrNothing).await;
+    assert!(reserve.as_ref().is_err_and(|e| e.to_string().contains("read only replica")), "{reserve:?}");
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (5, 1, 0, 4));
+    link.restore();
     mesh.assert_reconciled().await;
     mesh.stop().await;
 }

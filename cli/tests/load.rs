@@ -1,5 +1,8 @@
 //! The flash-sale tool against every back end (embedded, standalone Redis, 3-master cluster), repeated, all buyers released from one barrier:
 //! exactly the stock is accepted, the rest refused, nothing oversold, no errors.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use inventory_mesh::{
     load::{FlashSale, flash_sale},
     mesh::ServiceKind,

@@ -3,6 +3,9 @@
 //! (counters = durable records = the replay's own book). A stock factor below 1 must produce
 //! backorders and alerts and still oversell nothing. Also: an embedded mesh restarted on the same
 //! SQLite file rebuilds its in-process counters from the durable records.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use inventory_mesh::{

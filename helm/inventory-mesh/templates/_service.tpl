@@ -53,7 +53,12 @@ spec:
     metadata:
       labels:
         {{- include "inventory-mesh.labels" $scope | nindent 8 }}
-      {{- with $root.Values.podAnnotations }}
+      {{- /* GET /metrics (HTTP/1.1) is served on the gRPC port; podAnnotations win over these. */}}
+      {{- $annotations := dict }}
+      {{- if $root.Values.telemetry.prometheusScrape }}
+      {{- $annotations = dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString $port) "prometheus.io/path" "/metrics" }}
+      {{- end }}
+      {{- with merge (deepCopy ($root.Values.podAnnotations | default dict)) $annotations }}
       annotations:
         {{- toYaml . | nindent 8 }}
       {{- end }}

@@ -9,6 +9,7 @@
 //! holds and commitments only move between held, committed and free, never touching on_hand
 //! (invariant 5).
 pub mod memory;
+pub mod metrics;
 pub mod redis_engine;
 
 use std::sync::Arc;

@@ -1,8 +1,10 @@
 //! The Redis counter engine: every change is one Lua script (files in `lua/`, each prefixed with
 //! `lua/prelude.lua`) run atomically on the server with the server's clock. Keys of one SKU share
 //! the hash tag `{sku}`, so one SKU's keys live in one cluster slot; a script gets 4 keys per SKU.
-//! `redis::Script` sends EVALSHA and loads the script on NOSCRIPT (on a cluster SCRIPT LOAD goes to
-//! every primary), so a restart, `SCRIPT FLUSH`, a failover or a moved slot is transparent.
+//! Every call is EVALSHA; on NOSCRIPT the script is loaded (on a cluster SCRIPT LOAD goes to every
+//! primary) and sent again, which is safe because NOSCRIPT means it never ran. So a restart,
+//! `SCRIPT FLUSH`, a failover or a moved slot is transparent, and each reload is counted in
+//! `inventory_mesh_script_reloads_total{script}` ([`crate::metrics`]).
 //!
 //! On standalone Redis a multi-SKU request is one script. On Redis Cluster the SKUs are grouped by
 //! slot ([`key_slot`]) and each group is one script, in slot order; a reserve whose later group
@@ -25,20 +27,32 @@ use crate::{
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// One Lua script with the name its metrics carry.
+struct LuaScript {
+    name: &'static str,
+    script: Script,
 }
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/reserve.lua")));
-static CONFIRM: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/confirm.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/release.lua")));
-static EXTEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/extend.lua")));
-static HOLD_STATE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/hold_state.lua")));
-static PHYSICAL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/physical.lua")));
-static SET_SAFETY: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/set_safety.lua")));
-static REHOLD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/rehold.lua")));
-static RESTORE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/restore.lua")));
-static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/snapshot.lua")));
+fn script(name: &'static str, body: &str) -> LuaScript {
+    LuaScript { name, script: Script::new(&format!("{PRELUDE}\n{body}")) }
+}
+
+static RESERVE: LazyLock<LuaScript> = LazyLock::new(|| script("reserve", include_str!("lua/reserve.lua")));
+static CONFIRM: LazyLock<LuaScript> = LazyLock::new(|| script("confirm", include_str!("lua/confirm.lua")));
+static RELEASE: LazyLock<LuaScript> = LazyLock::new(|| script("release", include_str!("lua/release.lua")));
+static EXTEND: LazyLock<LuaScript> = LazyLock::new(|| script("extend", include_str!("lua/extend.lua")));
+static HOLD_STATE: LazyLock<LuaScript> = LazyLock::new(|| script("hold_state", include_str!("lua/hold_state.lua")));
+static PHYSICAL: LazyLock<LuaScript> = LazyLock::new(|| script("physical", include_str!("lua/physical.lua")));
+static SET_SAFETY: LazyLock<LuaScript> = LazyLock::new(|| script("set_safety", include_str!("lua/set_safety.lua")));
+static REHOLD: LazyLock<LuaScript> = LazyLock::new(|| script("rehold", include_str!("lua/rehold.lua")));
+static RESTORE: LazyLock<LuaScript> = LazyLock::new(|| script("restore", include_str!("lua/restore.lua")));
+static SNAPSHOT: LazyLock<LuaScript> = LazyLock::new(|| script("snapshot", include_str!("lua/snapshot.lua")));
+
+/// The names of every script (the metrics show a zero series for each from the start).
+fn script_names() -> [&'static str; 10] {
+    [&RESERVE, &CONFIRM, &RELEASE, &EXTEND, &HOLD_STATE, &PHYSICAL, &SET_SAFETY, &REHOLD, &RESTORE, &SNAPSHOT]
+        .map(|script: &LazyLock<LuaScript>| script.name)
+}
 
 /// The source of the reserve script as Redis runs it (the benchmark loads it to measure EVALSHA).
 pub fn reserve_script_source() -> String {
@@ -120,6 +134,48 @@ fn text(values: &[String], index: usize) -> CounterResult<String> {
     values.get(index).cloned().ok_or_else(|| CounterError::Protocol(format!("missing value at {index}")))
 }
 
+/// One call of a script: its keys and arguments, sent as EVALSHA.
+struct Invocation<'a> {
+    script: &'a LuaScript,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation<'_> {
+    /// Adds one argument (ARGV[i]).
+    fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn evalsha(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.script.get_hash()).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key);
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
+    }
+
+    /// EVALSHA; on NOSCRIPT (the script never ran) the script is loaded, the reload counted, and
+    /// the call sent once more.
+    async fn invoke(&self, connection: &mut Connection) -> redis::RedisResult<Vec<String>> {
+        let cmd = self.evalsha();
+        match cmd.query_async(connection).await {
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                crate::metrics::script_reloaded(self.script.name);
+                tracing::info!(script = self.script.name, "counter store had no copy of the script; loading it");
+                self.script.script.load_async(connection).await?;
+                cmd.query_async(connection).await
+            }
+            other => other,
+        }
+    }
+}
+
 impl RedisEngine {
     /// Connects to standalone Redis at `url` (retrying inside the connection manager) with every
     /// key under `prefix`.
@@ -133,6 +189,7 @@ impl RedisEngine {
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(200));
         let connection = ConnectionManager::new_with_config(client, config).await?;
+        crate::metrics::init(&script_names());
         Ok(Self { connection: Connection::Standalone(connection), prefix: prefix.to_owned() })
     }
 
@@ -145,6 +202,7 @@ impl RedisEngine {
             .retries(3)
             .build()?;
         let connection = client.get_async_connection().await?;
+        crate::metrics::init(&script_names());
         Ok(Self { connection: Connection::Cluster(connection), prefix: prefix.to_owned() })
     }
 
@@ -198,25 +256,23 @@ impl RedisEngine {
     }
 
     /// Builds a script invocation with the key groups of `skus`.
-    fn invocation<'a>(&self, script: &'a Script, skus: &[String]) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
+    fn invocation<'a>(&self, script: &'a LuaScript, skus: &[String]) -> Invocation<'a> {
+        let mut invocation = Invocation { script, keys: Vec::with_capacity(skus.len() * 4), args: Vec::new() };
         for sku in skus {
-            for key in sku_keys(&self.prefix, sku) {
-                invocation.key(key);
-            }
+            invocation.keys.extend(sku_keys(&self.prefix, sku));
         }
         invocation
     }
 
-    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> CounterResult<Vec<String>> {
+    async fn run(&self, invocation: &Invocation<'_>) -> CounterResult<Vec<String>> {
         let mut connection = self.connection.clone();
-        match invocation.invoke_async(&mut connection).await {
+        match invocation.invoke(&mut connection).await {
             // The connection had closed before the call was written (a restart or failover since
             // the last call): it never reached Redis, so sending it again on a new connection is
             // safe. Any other I/O error may have run the script and is returned as it is.
             Err(error) if never_sent(&error) => {
                 tracing::info!(%error, "counter store connection was closed; retrying once on a new one");
-                invocation.invoke_async(&mut connection).await.map_err(CounterError::from_redis)
+                invocation.invoke(&mut connection).await.map_err(CounterError::from_redis)
             }
             other => other.map_err(CounterError::from_redis),
         }
@@ -226,7 +282,7 @@ impl RedisEngine {
     /// (group, loc)*.
     async fn run_cells(
         &self,
-        script: &Script,
+        script: &LuaScript,
         reservation_id: &str,
         extra: &[String],
         cells: &[Cell],

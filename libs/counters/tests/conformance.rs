@@ -1,6 +1,9 @@
 //! The conformance suite: every counter rule runs against the in-process engine and against real
 //! Redis (the Lua scripts), with the same expected values. Redis comes from REDIS_URL (default
 //! redis://127.0.0.1:6379) under a fresh key prefix; a missing Redis fails with how to start it.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{
@@ -399,7 +402,7 @@ async fn concurrent_reserves_at_a_barrier_never_oversell_b01() {
                 }
             }
             assert_eq!(held, 10, "{} round {round}", s.name);
-            let snapshot = &s.engine.snapshot(&[sku.clone()]).await.unwrap()[0];
+            let snapshot = &s.engine.snapshot(std::slice::from_ref(&sku)).await.unwrap()[0];
             assert_eq!(snapshot.cells[0].1.held, 10, "{} round {round}", s.name);
             assert_eq!(snapshot.holds.iter().map(|h| h.units).sum::<i64>(), 10, "{} round {round}", s.name);
         }
@@ -430,9 +433,12 @@ async fn scripts_survive_script_flush_b19() {
     let e = CounterEngine::Redis(engine);
     stock(&e, "A", 3).await;
     e.reserve("before", &[line("A", 1)], 60_000).await.unwrap();
+    let reloads = mesh_counters::metrics::script_reloads("reserve");
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     assert!(matches!(e.reserve("after", &[line("A", 1)], 60_000).await.unwrap(), ReserveOutcome::Held { .. }));
     assert_eq!(counters(&e, "A").await.held, 2);
+    // The fallback is counted: exactly one reload for the one call that met NOSCRIPT.
+    assert_eq!(mesh_counters::metrics::script_reloads("reserve"), reloads + 1);
 }
 
 #[tokio::test]
@@ -727,10 +733,10 @@ async fn move_slot(slot: u16, to_port: u16) -> u16 {
         let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
         for range in &fields[8..] {
             let (a, b) = range.split_once('-').unwrap_or((range, range));
-            if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
-                if (a..=b).contains(&slot) {
-                    from_port = port;
-                }
+            if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                && (a..=b).contains(&slot)
+            {
+                from_port = port;
             }
         }
     }
@@ -805,9 +811,11 @@ async fn a_reserve_after_its_slot_moved_to_a_node_without_the_scripts_holds_once
         .await
         .unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut node).await.unwrap();
+    let reloads = mesh_counters::metrics::script_reloads("reserve");
     // The first call meets MOVED, then NOSCRIPT, and still holds exactly one more unit.
     let after = e.reserve("after", &[CellUnits { cell: Cell::new(&sku, "L1"), units: 1 }], 60_000).await.unwrap();
     assert!(matches!(after, ReserveOutcome::Held { .. }), "{after:?}");
+    assert_eq!(mesh_counters::metrics::script_reloads("reserve"), reloads + 1);
     assert_eq!(
         e.read_cells(&[Cell::new(&sku, "L1")]).await.unwrap()[0],
         CellCounters { on_hand: 5, held: 2, committed: 0, safety: 0 }

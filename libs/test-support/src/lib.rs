@@ -119,13 +119,16 @@ pub struct TestMesh {
     _dir: tempfile::TempDir,
 }
 
+/// A change to the settings, made before the mesh starts.
+pub type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
+
 /// Options for starting a test mesh.
 #[derive(Default)]
 pub struct Options {
     /// Run the embedded engine on this clock (embedded back end only).
     pub clock: Option<Arc<ManualClock>>,
     /// Tweak settings before start.
-    pub configure: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
+    pub configure: Option<Configure>,
     /// External back end: use this Redis (e.g. a private process or a fault proxy) instead of
     /// REDIS_URL.
     pub redis_url: Option<String>,
@@ -202,6 +205,17 @@ impl TestMesh {
             running: Some(running),
             _dir: dir,
         }
+    }
+
+    /// The reservation as GetReservation returns it.
+    pub async fn record(&self, id: &str) -> rv::Reservation {
+        let request = rv::GetReservationRequest { reservation_id: id.into() };
+        self.reservation.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
+    }
+
+    /// `GET /metrics` on the reservation port, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> String {
+        http_get(self.addrs[&ServiceKind::Reservation], "/metrics").await
     }
 
     /// Stops the mesh and drops its PostgreSQL database.
@@ -370,6 +384,27 @@ pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i6
         restockable: true,
         reason: String::new(),
     }
+}
+
+/// One HTTP/1.1 GET; returns the body of a 200 answer (panics on anything else).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    // A small body comes with Content-Length; a chunked one would start with its size.
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "GET {path}: {head}");
+    body.to_owned()
+}
+
+/// The value of one sample (`name{labels}`) in a Prometheus text answer, if it is there.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Asserts INVALID_ARGUMENT whose message starts with `field: ` and whose `BadRequest` details

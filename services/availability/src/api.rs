@@ -133,10 +133,10 @@ impl AvailabilityApi {
 
     /// Sends a cell at or below zero ATP to alert evaluation.
     fn watch(&self, cell: &Cell, counters: &CellCounters) {
-        if counters.atp() <= 0 {
-            if let Some(alerts) = &self.alerts {
-                alerts.send(cell);
-            }
+        if counters.atp() <= 0
+            && let Some(alerts) = &self.alerts
+        {
+            alerts.send(cell);
         }
     }
 

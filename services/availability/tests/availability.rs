@@ -3,6 +3,9 @@
 //! kind and outcome, COUNT as-of semantics, event redelivery (B09), absolute syncs against open
 //! commitments (B26, B27, B29), channel scoping (B32), safety stock and input validation. Every
 //! test ends with the mesh-wide reconcile check (done by `backend_tests!`).
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use mesh_proto::{

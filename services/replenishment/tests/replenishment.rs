@@ -4,6 +4,9 @@
 //! OVERCOMMITTED after B26/B29 counts), reorder suggestions with the default settings (28-day
 //! window, 7 days lead time, 14 days cover), the confirm → demand feed, and input validation.
 //! Every test ends with the mesh-wide reconcile check (done by `backend_tests!`).
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use mesh_proto::{

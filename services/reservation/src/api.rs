@@ -20,6 +20,49 @@ use crate::{
 
 /// Most lines one reservation may have.
 pub const MAX_LINES: usize = 100;
+/// Most units one line (or one kit line's component) may ask for.
+const MAX_UNITS: i64 = 1_000_000_000;
+/// Most units of one component in one kit.
+const MAX_UNITS_PER_KIT: i64 = 1_000;
+/// Most components one kit may have.
+const MAX_KIT_COMPONENTS: usize = 50;
+
+/// The component cells of kit line `i`: quantity × units_per_kit of each component at the line's
+/// location.
+fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<Vec<CellUnits>, GrpcStatus> {
+    if line.components.len() > MAX_KIT_COMPONENTS {
+        return Err(invalid_argument(
+            &format!("lines[{i}].components"),
+            &format!("a kit may have at most {MAX_KIT_COMPONENTS} components"),
+        ));
+    }
+    let mut cells: Vec<CellUnits> = Vec::with_capacity(line.components.len());
+    for (j, component) in line.components.iter().enumerate() {
+        let field = format!("lines[{i}].components[{j}]");
+        validate_id(&format!("{field}.sku"), &component.sku)?;
+        if component.sku == line.sku {
+            return Err(invalid_argument(&format!("{field}.sku"), "a kit cannot be its own component"));
+        }
+        if cells.iter().any(|c| c.cell.sku == component.sku) {
+            return Err(invalid_argument(&format!("{field}.sku"), "names a component this kit already has"));
+        }
+        if !(1..=MAX_UNITS_PER_KIT).contains(&component.units_per_kit) {
+            return Err(invalid_argument(
+                &format!("{field}.units_per_kit"),
+                &format!("must be between 1 and {MAX_UNITS_PER_KIT}"),
+            ));
+        }
+        let units = line.quantity_units.saturating_mul(component.units_per_kit);
+        if units > MAX_UNITS {
+            return Err(invalid_argument(
+                &format!("lines[{i}].quantity_units"),
+                &format!("{} kits need {units} units of {}, more than {MAX_UNITS}", line.quantity_units, component.sku),
+            ));
+        }
+        cells.push(CellUnits { cell: Cell::new(&component.sku, &line.location_id), units });
+    }
+    Ok(cells)
+}
 
 /// The reservation service.
 #[derive(Clone)]
@@ -59,6 +102,8 @@ pub fn to_wire(r: &StoredReservation) -> pb::Reservation {
                     reserved_units: reserved,
                     short_units: l.requested - reserved,
                     released_units: l.released_units,
+                    // Kits are recorded as their component cells.
+                    components: Vec::new(),
                 }
             })
             .collect(),
@@ -102,29 +147,43 @@ impl ReservationApi {
         if request.lines.len() > MAX_LINES {
             return Err(invalid_argument("lines", &format!("must hold at most {MAX_LINES} lines")));
         }
-        let mut lines = Vec::with_capacity(request.lines.len());
-        for (i, line) in request.lines.iter().enumerate() {
-            validate_id(&format!("lines[{i}].sku"), &line.sku)?;
-            validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
-            if !(1..=1_000_000_000).contains(&line.quantity_units) {
-                return Err(invalid_argument(
-                    &format!("lines[{i}].quantity_units"),
-                    "must be between 1 and 1000000000",
-                ));
-            }
-            lines.push(CellUnits { cell: Cell::new(&line.sku, &line.location_id), units: line.quantity_units });
-        }
-        let ttl_ms = self.parse_ttl(request.ttl_ms)?;
         let policy = match pb::ReservePolicy::try_from(request.policy) {
             Ok(pb::ReservePolicy::Partial) => ReservePolicy::Partial,
             Ok(pb::ReservePolicy::AllOrNothing | pb::ReservePolicy::Unspecified) => ReservePolicy::AllOrNothing,
             Err(_) => return Err(invalid_argument("policy", "must be a ReservePolicy value")),
         };
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            validate_id(&format!("lines[{i}].sku"), &line.sku)?;
+            validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
+            if !(1..=MAX_UNITS).contains(&line.quantity_units) {
+                return Err(invalid_argument(
+                    &format!("lines[{i}].quantity_units"),
+                    &format!("must be between 1 and {MAX_UNITS}"),
+                ));
+            }
+            if line.components.is_empty() {
+                lines.push(CellUnits { cell: Cell::new(&line.sku, &line.location_id), units: line.quantity_units });
+            } else {
+                if policy == ReservePolicy::Partial {
+                    return Err(invalid_argument(
+                        &format!("lines[{i}].components"),
+                        "a kit needs the all-or-nothing policy (a partial kit cannot ship)",
+                    ));
+                }
+                lines.extend(kit_components(i, line)?);
+            }
+        }
+        let lines = normalise_lines(lines);
+        if lines.len() > MAX_LINES {
+            return Err(invalid_argument("lines", &format!("must name at most {MAX_LINES} cells with kits expanded")));
+        }
+        let ttl_ms = self.parse_ttl(request.ttl_ms)?;
         Ok(NewReservation {
             reservation_id: request.reservation_id.clone(),
             order_id: request.order_id.clone(),
             channel_id: request.channel_id.clone(),
-            lines: normalise_lines(lines),
+            lines,
             ttl_ms,
             policy,
         })

@@ -45,7 +45,7 @@ pub struct Claim {
 
 /// One queued outcome of a reserve, PENDING → HELD (or REJECTED, with nothing held and the
 /// shortages as `detail`): answered true when the record was still PENDING.
-pub struct Hold {
+pub struct Outcome {
     pub reservation_id: String,
     pub status: Status,
     pub detail: String,
@@ -57,6 +57,8 @@ pub struct Hold {
 }
 
 type Reply = oneshot::Sender<Result<bool, DbErr>>;
+/// One queued job and where its answer goes.
+type Job<J> = (J, Reply);
 
 /// The queues and their writers, started on first use (on the caller's runtime).
 #[derive(Clone, Default)]
@@ -65,8 +67,8 @@ pub struct GroupCommit {
 }
 
 struct Queues {
-    claims: mpsc::UnboundedSender<(Claim, Reply)>,
-    holds: mpsc::UnboundedSender<(Hold, Reply)>,
+    claims: mpsc::UnboundedSender<Job<Claim>>,
+    outcomes: mpsc::UnboundedSender<Job<Outcome>>,
 }
 
 impl GroupCommit {
@@ -77,20 +79,20 @@ impl GroupCommit {
         answer.await.map_err(|_| writer_gone())?
     }
 
-    /// Queues a hold record and waits for its batch to commit.
-    pub async fn hold(&self, db: &DatabaseConnection, hold: Hold) -> Result<bool, DbErr> {
+    /// Queues a reserve's outcome record (HELD or REJECTED) and waits for its batch to commit.
+    pub async fn outcome(&self, db: &DatabaseConnection, outcome: Outcome) -> Result<bool, DbErr> {
         let (reply, answer) = oneshot::channel();
-        self.queues(db).holds.send((hold, reply)).map_err(|_| writer_gone())?;
+        self.queues(db).outcomes.send((outcome, reply)).map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
     }
 
     fn queues(&self, db: &DatabaseConnection) -> &Queues {
         self.queues.get_or_init(|| {
             let (claims, claim_rx) = mpsc::unbounded_channel();
-            let (holds, hold_rx) = mpsc::unbounded_channel();
+            let (outcomes, outcome_rx) = mpsc::unbounded_channel();
             tokio::spawn(run_writer(db.clone(), claim_rx, write_claims));
-            tokio::spawn(run_writer(db.clone(), hold_rx, write_holds));
-            Queues { claims, holds }
+            tokio::spawn(run_writer(db.clone(), outcome_rx, write_outcomes));
+            Queues { claims, outcomes }
         })
     }
 }
@@ -100,10 +102,10 @@ fn writer_gone() -> DbErr {
 }
 
 /// Takes what is queued, up to MAX_BATCH, and writes it as one batch; up to IN_FLIGHT at once.
-async fn run_writer<J, F, Fut>(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<(J, Reply)>, write: F)
+async fn run_writer<J, F, Fut>(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Job<J>>, write: F)
 where
     J: Send + 'static,
-    F: Fn(DatabaseConnection, Vec<(J, Reply)>) -> Fut + Copy + Send + 'static,
+    F: Fn(DatabaseConnection, Vec<Job<J>>) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -125,13 +127,13 @@ where
 }
 
 /// Splits a batch into first writes per id and later writes for an id already in it.
-fn split_repeats<J>(batch: Vec<(J, Reply)>, id: impl Fn(&J) -> &str) -> (Vec<(J, Reply)>, Vec<(J, Reply)>) {
+fn split_repeats<J>(batch: Vec<Job<J>>, id: impl Fn(&J) -> &str) -> (Vec<Job<J>>, Vec<Job<J>>) {
     let mut seen = HashSet::new();
     batch.into_iter().partition(|(job, _)| seen.insert(id(job).to_owned()))
 }
 
 /// Answers every job of a batch from the ids its statement reports as written.
-fn answer<J>(batch: Vec<(J, Reply)>, id: impl Fn(&J) -> &str, written: Result<HashSet<String>, DbErr>) {
+fn answer<J>(batch: Vec<Job<J>>, id: impl Fn(&J) -> &str, written: Result<HashSet<String>, DbErr>) {
     match written {
         Ok(written) => {
             for (job, reply) in batch {
@@ -175,9 +177,20 @@ async fn ids_of(db: &DatabaseConnection, statement: Statement) -> Result<HashSet
     rows.iter().map(|row| row.try_get_by_index::<String>(0)).collect()
 }
 
-const CLAIM_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, body_hash text, \
-     order_id text, channel_id text, ttl_ms bigint, policy int, now bigint), \
-     set_config('synchronous_commit', 'off', true) AS s(async)), \
+/// The SQL call that lets one transaction commit without waiting for its WAL flush (the bounded
+/// write-behind above); every such statement names it through this macro.
+macro_rules! async_commit {
+    () => {
+        "set_config('synchronous_commit', 'off', true)"
+    };
+}
+pub(crate) use async_commit;
+
+const CLAIM_SQL: &str = concat!(
+    "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, body_hash text, \
+     order_id text, channel_id text, ttl_ms bigint, policy int, now bigint), ",
+    async_commit!(),
+    " AS s(async)), \
      r AS (INSERT INTO reservation_reservations (reservation_id, body_hash, order_id, channel_id, status, ttl_ms, \
      expires_at_ms, released_units, detail, created_at_ms, updated_at_ms, policy, hold_limit_ms) \
      SELECT rid, body_hash, order_id, channel_id, $3, ttl_ms, 0, 0, '', now, now, policy, 0 FROM v \
@@ -186,10 +199,11 @@ const CLAIM_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset(
      released_units, released) SELECT x.rid, x.sku, x.loc, x.pos, x.units, 0, 0, FALSE \
      FROM jsonb_to_recordset($2::jsonb) AS x(rid text, sku text, loc text, pos int, units bigint) \
      JOIN r ON r.reservation_id = x.rid) \
-     SELECT reservation_id FROM r";
+     SELECT reservation_id FROM r"
+);
 
 /// Writes a batch of claims: the rows and their lines for every id not taken, in one statement.
-async fn write_claims(db: DatabaseConnection, batch: Vec<(Claim, Reply)>) {
+async fn write_claims(db: DatabaseConnection, batch: Vec<Job<Claim>>) {
     let (batch, repeats) = split_repeats(batch, |c: &Claim| c.new.reservation_id.as_str());
     let rows: Vec<_> = batch
         .iter()
@@ -216,9 +230,11 @@ async fn write_claims(db: DatabaseConnection, batch: Vec<(Claim, Reply)>) {
     }
 }
 
-const HOLD_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, status int, \
-     expires bigint, hold_limit bigint, reason text, detail text, now bigint), \
-     set_config('synchronous_commit', 'off', true) AS s(async)), \
+const OUTCOME_SQL: &str = concat!(
+    "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($1::jsonb) AS v(rid text, status int, \
+     expires bigint, hold_limit bigint, reason text, detail text, now bigint), ",
+    async_commit!(),
+    " AS s(async)), \
      r AS (UPDATE reservation_reservations AS t SET status = v.status, updated_at_ms = v.now, expires_at_ms = v.expires, \
      hold_limit_ms = v.hold_limit, detail = v.detail FROM v WHERE t.reservation_id = v.rid AND t.status + 0 = $3 \
      RETURNING t.reservation_id), \
@@ -228,11 +244,13 @@ const HOLD_SQL: &str = "WITH v AS (SELECT v.*, s.async FROM jsonb_to_recordset($
      WHERE t.reservation_id = x.rid AND t.sku = x.sku AND t.location_id = x.loc), \
      h AS (INSERT INTO reservation_history (reservation_id, status, at_ms, reason) \
      SELECT v.rid, v.status, v.now, v.reason FROM v JOIN r ON r.reservation_id = v.rid) \
-     SELECT reservation_id FROM r";
+     SELECT reservation_id FROM r"
+);
 
-/// Writes a batch of hold records: PENDING → HELD, reserved units per line and the history row.
-async fn write_holds(db: DatabaseConnection, batch: Vec<(Hold, Reply)>) {
-    let (batch, repeats) = split_repeats(batch, |h: &Hold| h.reservation_id.as_str());
+/// Writes a batch of outcome records: PENDING → HELD (reserved units per line) or REJECTED, and
+/// the history row.
+async fn write_outcomes(db: DatabaseConnection, batch: Vec<Job<Outcome>>) {
+    let (batch, repeats) = split_repeats(batch, |h: &Outcome| h.reservation_id.as_str());
     let rows: Vec<_> = batch
         .iter()
         .map(|(h, _)| {
@@ -248,10 +266,10 @@ async fn write_holds(db: DatabaseConnection, batch: Vec<(Hold, Reply)>) {
                 .map(|l| json!({"rid": h.reservation_id, "sku": l.cell.sku, "loc": l.cell.location, "units": l.units}))
         })
         .collect();
-    let statement = batch_statement(HOLD_SQL, rows, lines, &[Status::Pending]);
+    let statement = batch_statement(OUTCOME_SQL, rows, lines, &[Status::Pending]);
     let written = ids_of(&db, statement).await;
-    answer(batch, |h: &Hold| h.reservation_id.as_str(), written);
-    for (hold, reply) in repeats {
-        Box::pin(write_holds(db.clone(), vec![(hold, reply)])).await;
+    answer(batch, |h: &Outcome| h.reservation_id.as_str(), written);
+    for (outcome, reply) in repeats {
+        Box::pin(write_outcomes(db.clone(), vec![(outcome, reply)])).await;
     }
 }

@@ -6,12 +6,14 @@
 //! - [`service`]: create / confirm / release / sweep over the store and the counters.
 //! - [`store`]: reservations, lines and history (sea-orm); [`migration`]: its tables;
 //!   [`group_commit`]: the reserve path's PostgreSQL writes, batched across concurrent requests.
-//! - [`api`]: gRPC handlers and the reconcile check; [`demand`]: confirmed demand → replenishment.
+//! - [`api`]: gRPC handlers and the reconcile check; [`demand`]: confirmed demand → replenishment;
+//!   [`metrics`]: what the sweeper counts.
 pub mod api;
 pub mod demand;
 pub mod domain;
 pub mod error;
 pub mod group_commit;
+pub mod metrics;
 pub mod migration;
 pub mod service;
 pub mod store;
@@ -49,6 +51,7 @@ pub fn routes(
     let reservations = service::Reservations::new(store::ReservationStore::new(db), engine, demand)
         .with_max_hold_time(settings.reservation.max_hold_time)
         .with_stale_claim_after(settings.reservation.stale_claim_after);
+    metrics::init();
     spawn_sweeper(reservations.clone(), settings.reservation.sweep_interval, tracker, shutdown);
     let api = api::ReservationApi::new(
         reservations,

@@ -13,6 +13,7 @@ use crate::{
     demand::DemandSender,
     domain::{NewReservation, Status},
     error::{ReservationError, ReservationResult},
+    metrics,
     store::{ReservationStore, StoredReservation},
 };
 
@@ -255,15 +256,7 @@ impl Reservations {
                         return Ok(Confirmed { reservation: current, already_confirmed: true });
                     }
                     self.store
-                        .transition(
-                            reservation_id,
-                            &[Status::Held],
-                            Status::Confirmed,
-                            "confirmed (recovered)",
-                            None,
-                            0,
-                            None,
-                        )
+                        .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None)
                         .await?;
                     return Ok(Confirmed { reservation: self.load(reservation_id).await?, already_confirmed: true });
                 }
@@ -330,10 +323,8 @@ impl Reservations {
         let reservation_id = reservation.reservation_id.as_str();
         // The counters hold the commitment now; a release can no longer take it (it only releases
         // holds of held records), so this transition is ours unless a duplicate confirm recorded it.
-        let moved = self
-            .store
-            .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None, 0, None)
-            .await?;
+        let moved =
+            self.store.transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed", None).await?;
         let mut current = self.load(reservation_id).await?;
         let confirmed_at = current.history.iter().rposition(|(status, _, _)| *status == Status::Confirmed);
         let Some(confirmed_at) = confirmed_at else {
@@ -348,10 +339,8 @@ impl Reservations {
             current.status = Status::Confirmed;
             current.history.truncate(confirmed_at + 1);
         }
-        if moved {
-            if let Some(demand) = &self.demand {
-                demand.send(&reservation, occurred_at_ms).await;
-            }
+        if moved && let Some(demand) = &self.demand {
+            demand.send(&reservation, occurred_at_ms).await;
         }
         Ok(Confirmed { reservation: current, already_confirmed: !moved })
     }
@@ -366,7 +355,7 @@ impl Reservations {
         let state = self.engine.hold_state(reservation_id, &cells).await?;
         if !cells.is_empty() && state.committed_cells() == cells.len() {
             self.store
-                .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None, 0, None)
+                .transition(reservation_id, &[Status::Held], Status::Confirmed, "confirmed (recovered)", None)
                 .await?;
             return Ok(Status::Confirmed);
         }
@@ -374,7 +363,7 @@ impl Reservations {
         if state.committed_cells() > 0 {
             self.engine.release(reservation_id, ReleasePart::Commitment, &cells).await?;
         }
-        self.store.transition(reservation_id, &[Status::Held], Status::Expired, reason, None, 0, None).await?;
+        self.store.transition(reservation_id, &[Status::Held], Status::Expired, reason, None).await?;
         Ok(Status::Expired)
     }
 
@@ -505,7 +494,7 @@ impl Reservations {
         }
         // Nothing live, nothing committed, deadline passed: the hold expired.
         self.store
-            .transition(&reservation_id, &[Status::Held], Status::Expired, "expired before release", None, 0, None)
+            .transition(&reservation_id, &[Status::Held], Status::Expired, "expired before release", None)
             .await?;
         Ok((self.load(&reservation_id).await?, 0))
     }
@@ -653,8 +642,11 @@ impl Reservations {
             still_held = self.store.count_held().await?;
             ratio = sweep.expired as f64 / (sweep.expired + still_held).max(1) as f64;
         }
+        metrics::HOLDS_EXPIRED.inc_by(sweep.expired as u64);
+        metrics::CLOCK_SKEW_MS.set(sweep.clock_skew_ms);
         if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
             sweep.mass_expiry = true;
+            metrics::MASS_EXPIRY_ALERTS.inc();
             tracing::error!(
                 expired = sweep.expired,
                 still_held,

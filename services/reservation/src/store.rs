@@ -13,7 +13,7 @@ use sea_orm::{
 use crate::{
     domain::{NewReservation, Status},
     error::ReservationResult,
-    group_commit::{Claim, GroupCommit, Hold},
+    group_commit::{Claim, GroupCommit, Outcome},
 };
 use mesh_counters::{Cell, CellUnits, ReservePolicy};
 
@@ -331,30 +331,22 @@ impl ReservationStore {
         }))
     }
 
-    /// Moves a reservation from one of `from` to `to`, recording the change. Returns false when its
-    /// status was no longer one of `from` (another request moved it first).
+    /// Moves a reservation from one of `from` to `to`, recording the change (and `detail`, when
+    /// given). Returns false when its status was no longer one of `from` (another request moved it
+    /// first).
     pub async fn transition(
         &self,
         reservation_id: &str,
         from: &[Status],
         to: Status,
         reason: &str,
-        expires_at_ms: Option<i64>,
-        released_units: i64,
         detail: Option<&str>,
     ) -> ReservationResult<bool> {
         let now = now_ms();
         let txn = self.db.begin().await?;
         let mut update = reservation::Entity::update_many()
             .col_expr(reservation::Column::Status, Expr::value(to.code()))
-            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now))
-            .col_expr(
-                reservation::Column::ReleasedUnits,
-                Expr::col(reservation::Column::ReleasedUnits).add(released_units),
-            );
-        if let Some(expires_at_ms) = expires_at_ms {
-            update = update.col_expr(reservation::Column::ExpiresAtMs, Expr::value(expires_at_ms));
-        }
+            .col_expr(reservation::Column::UpdatedAtMs, Expr::value(now));
         if let Some(detail) = detail {
             update = update.col_expr(reservation::Column::Detail, Expr::value(detail));
         }
@@ -399,21 +391,6 @@ impl ReservationStore {
             .count(&self.db)
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    /// Ids of held reservations whose deadline has passed by this process's clock, oldest first.
-    pub async fn held_past_deadline(&self, now_ms: i64, limit: u64) -> ReservationResult<Vec<String>> {
-        let rows = reservation::Entity::find()
-            .select_only()
-            .column(reservation::Column::ReservationId)
-            .filter(reservation::Column::Status.eq(Status::Held.code()))
-            .filter(reservation::Column::ExpiresAtMs.lte(now_ms))
-            .order_by_asc(reservation::Column::ExpiresAtMs)
-            .limit(limit)
-            .into_tuple::<String>()
-            .all(&self.db)
-            .await?;
-        Ok(rows)
     }
 
     /// One page of the reservations after `after_id` in id order (walked on the primary key, so
@@ -462,11 +439,9 @@ impl ReservationStore {
     /// the hold record on PostgreSQL). Returns false when it was no longer PENDING.
     pub async fn reject(&self, reservation_id: &str, reason: &str, detail: &str) -> ReservationResult<bool> {
         if !self.is_postgres() {
-            return self
-                .transition(reservation_id, &[Status::Pending], Status::Rejected, reason, None, 0, Some(detail))
-                .await;
+            return self.transition(reservation_id, &[Status::Pending], Status::Rejected, reason, Some(detail)).await;
         }
-        let reject = Hold {
+        let reject = Outcome {
             reservation_id: reservation_id.to_owned(),
             status: Status::Rejected,
             detail: detail.to_owned(),
@@ -476,7 +451,7 @@ impl ReservationStore {
             reason: reason.to_owned(),
             now: now_ms(),
         };
-        Ok(self.group.hold(&self.db, reject).await?)
+        Ok(self.group.outcome(&self.db, reject).await?)
     }
 
     /// Records a held reservation: PENDING → HELD with its deadline, hold limit and the units each
@@ -491,7 +466,7 @@ impl ReservationStore {
         now: i64,
     ) -> ReservationResult<bool> {
         if self.is_postgres() {
-            let hold = Hold {
+            let hold = Outcome {
                 reservation_id: reservation_id.to_owned(),
                 status: Status::Held,
                 detail: String::new(),
@@ -501,7 +476,7 @@ impl ReservationStore {
                 reason: reason.to_owned(),
                 now,
             };
-            return Ok(self.group.hold(&self.db, hold).await?);
+            return Ok(self.group.outcome(&self.db, hold).await?);
         }
         let txn = self.db.begin().await?;
         let result = reservation::Entity::update_many()
@@ -626,12 +601,12 @@ impl ReservationStore {
             // WAL flush: a record lost with PostgreSQL stays HELD, and the next sweep expires it
             // again from the counters, which no longer hold it.
             let sql = format!(
-                "WITH ids AS (SELECT jsonb_array_elements_text($3::jsonb) AS id, \
-                 set_config('synchronous_commit', 'off', true)), \
+                "WITH ids AS (SELECT jsonb_array_elements_text($3::jsonb) AS id, {async_commit}), \
                  moved AS (UPDATE reservation_reservations SET status = {expired}, updated_at_ms = $1 \
                  FROM ids WHERE reservation_id = ids.id AND status + 0 = {held} RETURNING reservation_id) \
                  INSERT INTO reservation_history (reservation_id, status, at_ms, reason) \
                  SELECT reservation_id, {expired}, $1, $2 FROM moved",
+                async_commit = crate::group_commit::async_commit!(),
                 expired = Status::Expired.code(),
                 held = Status::Held.code(),
             );
@@ -672,11 +647,14 @@ impl ReservationStore {
     ) -> ReservationResult<Vec<(String, i64, Vec<Cell>)>> {
         // One join with a fixed text (numbers inlined): no IN list of thousands of ids to plan.
         // `after` continues from the last (deadline, id) of the previous batch.
-        let after = match after {
+        let backend = self.db.get_database_backend();
+        let (after, values) = match after {
+            // The id is bound ($1 on PostgreSQL, ? on SQLite): ids are the caller's strings.
             Some((deadline, id)) => {
-                format!(" AND (expires_at_ms, reservation_id) > ({deadline}, '{}')", id.replace('\'', "''"))
+                let placeholder = if backend == sea_orm::DbBackend::Postgres { "$1" } else { "?" };
+                (format!(" AND (expires_at_ms, reservation_id) > ({deadline}, {placeholder})"), vec![id.into()])
             }
-            None => String::new(),
+            None => (String::new(), Vec::new()),
         };
         let sql = format!(
             "SELECT r.reservation_id, r.expires_at_ms, l.sku, l.location_id FROM \
@@ -688,7 +666,7 @@ impl ReservationStore {
              ORDER BY r.expires_at_ms, r.reservation_id",
             held = Status::Held.code()
         );
-        let rows = self.db.query_all_raw(Statement::from_string(self.db.get_database_backend(), sql)).await?;
+        let rows = self.db.query_all_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
         let mut out: Vec<(String, i64, Vec<Cell>)> = Vec::new();
         for row in rows {
             let (id, expires): (String, i64) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);

@@ -3,6 +3,9 @@
 //! confirms and releases never leave half a change, and the state a crash leaves between the
 //! claim, the slots of a multi-slot hold and the record is settled by the sweeper: released and
 //! dropped when incomplete, recorded HELD when every slot was held.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use mesh_counters::{Cell, CellUnits, ReservePolicy, key_slot};
@@ -63,7 +66,7 @@ fn spread(round: u64) -> u64 {
 
 fn timed<T>(message: T, round: u64, micros: u64) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         request.set_timeout(Duration::from_micros(micros));
     }
     request

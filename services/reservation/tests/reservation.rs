@@ -2,6 +2,9 @@
 //! in-process engine; external: PostgreSQL + Redis), covering scenarios B01, B02, B04, B05, B06,
 //! B08, B12, B13, B16 and B17 of ../shared/cases/scenarios.md with their expected values. Every
 //! test ends with the reconcile check (held/committed = Σ holds/commitments = durable records).
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::ManualClock;
@@ -41,12 +44,6 @@ async fn reserve_concurrently(
         })
         .collect();
     at_once(calls).await
-}
-
-/// The reservation as GetReservation returns it.
-async fn record(mesh: &TestMesh, id: &str) -> rv::Reservation {
-    let request = rv::GetReservationRequest { reservation_id: id.into() };
-    mesh.reservation.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
 }
 
 /// One call of a concurrent batch.
@@ -144,7 +141,8 @@ backend_tests!(one_request_naming_a_cell_twice_is_summed_b04, |mesh: &TestMesh| 
             quantity_units: 5,
             reserved_units: 5,
             short_units: 0,
-            released_units: 0
+            released_units: 0,
+            components: vec![]
         }]
     );
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 5, 0, 0));
@@ -156,6 +154,91 @@ backend_tests!(one_request_naming_a_cell_twice_is_summed_b04, |mesh: &TestMesh| 
     mesh.confirm("c15").await.unwrap();
     assert_eq!(parts(&mesh.cell("B", "L1").await), (50, 0, 35, 15));
 });
+
+/// A kit line: `kits` kits at L1, each made of `components` (sku, units per kit).
+fn kit(sku: &str, kits: i64, components: &[(&str, i64)]) -> rv::ReservationLine {
+    rv::ReservationLine {
+        sku: sku.into(),
+        location_id: "L1".into(),
+        quantity_units: kits,
+        components: components
+            .iter()
+            .map(|(sku, units_per_kit)| rv::KitComponent { sku: (*sku).into(), units_per_kit: *units_per_kit })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn reserve_lines(
+    mesh: &TestMesh,
+    id: &str,
+    lines: Vec<rv::ReservationLine>,
+    policy: rv::ReservePolicy,
+) -> Result<rv::Reservation, tonic::Status> {
+    let request = rv::CreateReservationRequest {
+        reservation_id: id.into(),
+        lines,
+        ttl_ms: TTL,
+        policy: policy as i32,
+        ..Default::default()
+    };
+    mesh.reservation.clone().create_reservation(request).await.map(|r| r.into_inner().reservation.unwrap())
+}
+
+backend_tests!(kits_sharing_a_component_are_summed_before_the_check_b04, cluster, |mesh: &TestMesh| async move {
+    use rv::ReservePolicy::AllOrNothing;
+    // Step 3: kits K1 and K2 each use one A; A on_hand 5; K1×3 and K2×3 in one cart needs 6 A.
+    mesh.receive("A", "L1", 5).await;
+    let cart = vec![kit("K1", 3, &[("A", 1)]), kit("K2", 3, &[("A", 1)])];
+    let refused = reserve_lines(mesh, "cart", cart, AllOrNothing).await.unwrap_err();
+    assert_eq!(reason(&refused), "INSUFFICIENT_STOCK");
+    assert!(refused.message().contains("A@L1 requested 6, available 5"), "{}", refused.message());
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
+    // A kit of 2 A + 1 B beside a plain line of A: the A from both are summed into one cell.
+    mesh.receive("B", "L1", 10).await;
+    let held = reserve_lines(mesh, "mixed", vec![kit("K3", 2, &[("A", 2), ("B", 1)]), line("A", 1)], AllOrNothing)
+        .await
+        .unwrap();
+    let lines: Vec<(&str, i64, i64)> =
+        held.lines.iter().map(|l| (l.sku.as_str(), l.quantity_units, l.reserved_units)).collect();
+    assert_eq!(lines, vec![("A", 5, 5), ("B", 2, 2)]);
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 5, 0, 0));
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (10, 2, 0, 8));
+    // The record's cells are the components: releasing B gives back the kits' two B.
+    let released = mesh
+        .reservation
+        .clone()
+        .release_reservation(rv::ReleaseReservationRequest {
+            reservation_id: "mixed".into(),
+            lines: vec![rv::LineRef { sku: "B".into(), location_id: "L1".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.released_units, 2);
+    assert_eq!(parts(&mesh.cell("B", "L1").await), (10, 0, 0, 10));
+    mesh.confirm("mixed").await.unwrap();
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 5, 0));
+    // Bad kits are named and change nothing.
+    mesh.receive("C", "L1", 10).await;
+    let cases = [
+        (kit("K4", 1, &[("K4", 1)]), AllOrNothing, "lines[0].components[0].sku"),
+        (kit("K4", 1, &[("C", 1), ("C", 2)]), AllOrNothing, "lines[0].components[1].sku"),
+        (kit("K4", 1, &[("C", 0)]), AllOrNothing, "lines[0].components[0].units_per_kit"),
+        (kit("K4", 1, &[("", 1)]), AllOrNothing, "lines[0].components[0].sku"),
+        (kit("K4", 1_000_000_000, &[("C", 2)]), AllOrNothing, "lines[0].quantity_units"),
+        (kit("K4", 1, &[("C", 1)]), rv::ReservePolicy::Partial, "lines[0].components"),
+    ];
+    for (i, (line, policy, field)) in cases.into_iter().enumerate() {
+        test_support::assert_invalid(reserve_lines(mesh, &format!("bad{i}"), vec![line], policy).await, field);
+    }
+    assert_eq!(parts(&mesh.cell("C", "L1").await), (10, 0, 0, 10));
+});
+
+fn line(sku: &str, units: i64) -> rv::ReservationLine {
+    rv::ReservationLine { sku: sku.into(), location_id: "L1".into(), quantity_units: units, ..Default::default() }
+}
 
 backend_tests!(a_stale_check_is_caught_at_reserve_time_b05, |mesh: &TestMesh| async move {
     mesh.receive("A", "L1", 3).await;
@@ -362,15 +445,7 @@ backend_tests!(
         assert_eq!(mesh.release("split").await.unwrap().released_units, 4);
         assert_eq!(mesh.cell("A", "L1").await.atp_units, 15);
         assert_eq!(mesh.cell("A", "L2").await.atp_units, 5);
-        let record = mesh
-            .reservation
-            .clone()
-            .get_reservation(rv::GetReservationRequest { reservation_id: "split".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .reservation
-            .unwrap();
+        let record = mesh.record("split").await;
         let statuses: Vec<i32> = record.history.iter().map(|h| h.status).collect();
         assert_eq!(
             statuses,
@@ -428,15 +503,7 @@ async fn expiry_is_exact_on_redis_and_the_sweeper_records_it_b16_b17() {
     mesh.receive("B", "L1", 1).await;
     mesh.reserve("quiet", &[("B", "L1", 1)], 500).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let record = mesh
-        .reservation
-        .clone()
-        .get_reservation(rv::GetReservationRequest { reservation_id: "quiet".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .reservation
-        .unwrap();
+    let record = mesh.record("quiet").await;
     assert_eq!(record.status, rv::ReservationStatus::Expired as i32);
     // Extending is not offered yet; confirming a live hold within its TTL works.
     mesh.reserve("H3", &[("B", "L1", 1)], 10_000).await.unwrap();
@@ -863,7 +930,7 @@ backend_tests!(concurrent_releases_of_every_line_end_the_reservation, cluster, |
             .collect();
         let released: Vec<i64> = at_once(calls).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(released, vec![2, 3], "round {round}");
-        let got = record(mesh, &id).await;
+        let got = mesh.record(&id).await;
         assert_eq!(
             (got.status, got.released_units),
             (rv::ReservationStatus::Released as i32, 5),
@@ -910,7 +977,7 @@ backend_tests!(a_confirm_racing_a_release_of_one_line_confirms_the_rest, cluster
             assert_eq!(status.code(), Code::Aborted, "round {round}: {status:?}");
             mesh.confirm(&id).await.unwrap();
         }
-        let got = record(mesh, &id).await;
+        let got = mesh.record(&id).await;
         assert_eq!(got.status, rv::ReservationStatus::Confirmed as i32, "round {round}: {got:?}");
         let open: Vec<i64> = got.lines.iter().map(|l| l.reserved_units - l.released_units).collect();
         assert_eq!(open, vec![0, 1], "round {round}: only B stays committed: {got:?}");
@@ -953,7 +1020,7 @@ backend_tests!(releasing_an_ended_hold_says_why_and_a_second_release_is_a_no_op,
     mesh.receive("E", "L1", 5).await;
     mesh.reserve("short-lived", &[("E", "L1", 1)], 300).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while record(mesh, "short-lived").await.status != rv::ReservationStatus::Expired as i32 {
+    while mesh.record("short-lived").await.status != rv::ReservationStatus::Expired as i32 {
         assert!(std::time::Instant::now() < deadline, "the hold was not recorded EXPIRED");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

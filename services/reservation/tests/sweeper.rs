@@ -1,11 +1,15 @@
 //! The sweeper driven directly (no gRPC), on SQLite and the in-process engine with a manual clock:
 //! a clock jump on the counter store is reported (B18), a sweep that expires most holds at once
-//! raises a mass-expiry alert, and thousands of holds expiring together are recorded in one sweep.
+//! raises a mass-expiry alert (each counted in the service's metrics), and thousands of holds expiring together are recorded in one sweep.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use mesh_counters::{Cell, CellUnits, CounterEngine, ManualClock, MemoryEngine, PhysicalChange, ReservePolicy};
 use reservation::{
     domain::{NewReservation, Status},
+    metrics,
     service::Reservations,
     store::ReservationStore,
 };
@@ -64,6 +68,8 @@ async fn a_forward_clock_jump_on_the_counter_store_is_reported_and_holds_expire_
     clock.advance_ms(3_600_000);
     let sweep = reservations.sweep().await.unwrap();
     assert!((3_599_000..3_601_000).contains(&sweep.clock_skew_ms), "{sweep:?}");
+    assert_eq!(metrics::CLOCK_SKEW_MS.get(), sweep.clock_skew_ms);
+    assert_eq!(metrics::MASS_EXPIRY_ALERTS.get(), 1);
     // Its clock decides: the holds are gone, recorded EXPIRED in that same sweep although this
     // service's clock is an hour short of their deadlines, and a confirm is refused as expired.
     assert_eq!(sweep.expired, 100, "{sweep:?}");
@@ -89,6 +95,8 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     clock.advance_ms(200);
     let sweep = reservations.sweep().await.unwrap();
     assert_eq!((sweep.expired, sweep.mass_expiry), (100, true), "{sweep:?}");
+    let counted = || (metrics::HOLDS_EXPIRED.get(), metrics::MASS_EXPIRY_ALERTS.get());
+    assert_eq!(counted(), (100, 1));
     // Ten holds of one TTL ending together while many more are held on another SKU: normal.
     stock(&engine, "B", 200).await;
     for i in 0..100 {
@@ -101,12 +109,14 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     clock.advance_ms(200);
     let sweep = reservations.sweep().await.unwrap();
     assert_eq!((sweep.expired, sweep.mass_expiry), (10, false), "{sweep:?}");
+    assert_eq!(counted(), (110, 1));
     // A normal trickle raises nothing.
     reservations.create(&hold("one", "A", 100)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     clock.advance_ms(200);
     let sweep = reservations.sweep().await.unwrap();
     assert_eq!((sweep.expired, sweep.mass_expiry), (1, false), "{sweep:?}");
+    assert_eq!(counted(), (111, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

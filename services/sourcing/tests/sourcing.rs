@@ -1,6 +1,9 @@
 //! Black-box gRPC tests of sourcing on both back ends: one node when it can ship everything, the
 //! fewest nodes otherwise (B31), channel scoping (B32), backorders, dry runs, recorded decisions,
 //! re-planning when a competing order wins, and trace context + shrinking deadlines on every hop.
+// Helpers outside #[test] functions panic on failure too, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use mesh_proto::{
