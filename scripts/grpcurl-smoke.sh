@@ -212,6 +212,10 @@ expect "replenishment: RunReplenishment succeeds" '' "$output" "$rc"
 # Prometheus scrapes GET /metrics (HTTP/1.1) on the same ports as gRPC.
 output="$(curl -sS --max-time 10 "http://${addr[reservation]}/metrics" 2>&1)" && rc=0 || rc=$?
 expect "reservation: GET /metrics serves the sweeper's counters" 'inventory_mesh_holds_expired_total 0' "$output" "$rc"
+# ...and nothing else over HTTP/1: an RPC posted over HTTP/1.1 (as a web page could) is refused.
+output="$(curl -sS --max-time 10 --http1.1 -o /dev/null -w '%{http_code}' -X POST -H 'content-type: text/plain' \
+  --data-binary x "http://${addr[reservation]}/reservation.v1.ReservationService/CreateReservation" 2>&1)" && rc=0 || rc=$?
+expect "reservation: an RPC over HTTP/1.1 gets 505" '505' "$output" "$rc"
 
 # --- graceful shutdown on SIGTERM --------------------------------------------------------------
 kill -TERM "$mesh_pid"

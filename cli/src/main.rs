@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         standalone: bool,
     },
-    /// Compares live counters with durable records on a running mesh; exits 1 on any difference.
+    /// Compares live counters with durable records on a running mesh; exits 0 when they agree, 1 on
+    /// any difference, 2 when the check could not run (bad target, mesh unreachable).
     Reconcile {
         /// HOST or HOST:PORT of the mesh (PORT = availability, reservation on PORT+1, as `make run`
         /// lays them out); default: the configured peers.
@@ -97,25 +98,27 @@ enum LoadScenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A check says "differences" with 1, so it says "could not check" with 2 (as diff(1) does).
+    let failed = ExitCode::from(if matches!(cli.command, Command::Reconcile { .. }) { 2 } else { 1 });
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("{error}");
-            return ExitCode::from(1);
+            return failed;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
-            return ExitCode::from(1);
+            return failed;
         }
     };
     match runtime.block_on(dispatch(cli.command, settings)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(1)
+            failed
         }
     }
 }

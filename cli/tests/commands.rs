@@ -1,6 +1,7 @@
 //! The `inventory-mesh` binary as users run it, against a mesh process on PostgreSQL and a private
 //! Redis: idempotent answers survive a `kill -9` and restart, `load flash-sale` prints its JSON
-//! last and exits 0, `reconcile` exits 0 on a clean mesh and 1 listing an injected difference.
+//! last and exits 0, `reconcile` exits 0 on a clean mesh, 1 listing an injected difference and 2
+//! when it cannot check.
 // Helpers outside #[test] functions panic on failure too, as the tests do.
 #![allow(clippy::unwrap_used)]
 
@@ -134,11 +135,17 @@ async fn the_flash_sale_tool_prints_its_json_last_and_reconcile_lists_a_differen
     assert!(!differences.is_empty() && differences.iter().all(|l| l.starts_with("DIFFERENCE G@L1 ")), "{stdout}");
     assert!(stdout.contains(&format!(": {} difference(s)\n", differences.len())), "{stdout}");
 
-    // Bad targets are refused before anything is sent.
+    // A check that could not run exits 2, never 1 (differences): a bad target is refused before
+    // anything is sent, and a mesh that is not there is named.
     let output = Command::new(BINARY).args(["reconcile", "--target", "127.0.0.1:x"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr).trim(),
         "error: --target 127.0.0.1:x: the port must be a number below 65535"
     );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = Command::new(BINARY).args(["reconcile", "--target", &format!("127.0.0.1:{closed}")]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: ReconcileCounters: Unavailable"), "{stderr}");
 }

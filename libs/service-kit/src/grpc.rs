@@ -1,5 +1,6 @@
 //! The gRPC server every service runs (health, reflection v1 and v1alpha, `GET /metrics` over
-//! HTTP/1.1, one tracing span per RPC parented on the caller's `traceparent`) and the client channel builder. Shutdown order: health
+//! HTTP/1.1 and nothing else over HTTP/1, one tracing span per RPC parented on the caller's
+//! `traceparent`) and the client channel builder. Shutdown order: health
 //! goes NOT_SERVING, the drain delay passes so readiness notices, then the server stops accepting
 //! and drains in-flight calls.
 use std::{
@@ -84,10 +85,19 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-impl<S, B> Service<http::Request<B>> for TraceService<S>
+/// Tells whether an HTTP/1 request is one the port serves over HTTP/1 (`GET`/`HEAD /metrics`).
+/// Every other HTTP/1 request is refused before routing, so a web page cannot call an RPC with a
+/// cross-site HTTP/1.1 POST: gRPC is HTTP/2 only.
+fn http1_allowed<B>(request: &http::Request<B>) -> bool {
+    request.uri().path() == crate::metrics::PATH && matches!(*request.method(), http::Method::GET | http::Method::HEAD)
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for TraceService<S>
 where
-    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -98,6 +108,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.version() < http::Version::HTTP_2 && !http1_allowed(&request) {
+            let mut refused = http::Response::new(ResBody::default());
+            *refused.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+            return Box::pin(std::future::ready(Ok(refused)));
+        }
         let headers = request.headers();
         let path = request.uri().path().to_owned();
         if let Some(recorder) = &self.recorder {
@@ -180,7 +195,7 @@ pub async fn serve(
         tokio::time::sleep(drain_delay).await;
     };
     Server::builder()
-        // HTTP/1.1 for `GET /metrics`; gRPC stays HTTP/2.
+        // HTTP/1.1 for `GET /metrics` only ([`http1_allowed`]); gRPC is HTTP/2.
         .accept_http1(true)
         .timeout(grpc.request_timeout)
         .concurrency_limit_per_connection(grpc.max_concurrent_per_connection)

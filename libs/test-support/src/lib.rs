@@ -386,15 +386,20 @@ pub fn event(id: &str, kind: av::EventType, sku: &str, location: &str, units: i6
     }
 }
 
-/// One HTTP/1.1 GET; returns the body of a 200 answer (panics on anything else).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+/// Sends `request` (a whole HTTP/1.1 request, head and body) and returns the whole answer.
+pub async fn http_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8(answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One HTTP/1.1 GET; returns the body of a 200 answer (panics on anything else).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let answer = http_exchange(addr, request.as_bytes()).await;
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     // A small body comes with Content-Length; a chunked one would start with its size.

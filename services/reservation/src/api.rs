@@ -28,7 +28,7 @@ const MAX_UNITS_PER_KIT: i64 = 1_000;
 const MAX_KIT_COMPONENTS: usize = 50;
 
 /// The component cells of kit line `i`: quantity × units_per_kit of each component at the line's
-/// location.
+/// location, in SKU order.
 fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<Vec<CellUnits>, GrpcStatus> {
     if line.components.len() > MAX_KIT_COMPONENTS {
         return Err(invalid_argument(
@@ -61,6 +61,8 @@ fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<Vec<CellUnits>
         }
         cells.push(CellUnits { cell: Cell::new(&component.sku, &line.location_id), units });
     }
+    // Components are a set: in SKU order, the same kit is the same body whatever order it lists them.
+    cells.sort_by(|a, b| a.cell.sku.cmp(&b.cell.sku));
     Ok(cells)
 }
 
@@ -153,6 +155,7 @@ impl ReservationApi {
             Err(_) => return Err(invalid_argument("policy", "must be a ReservePolicy value")),
         };
         let mut lines = Vec::with_capacity(request.lines.len());
+        let mut kits = String::new();
         for (i, line) in request.lines.iter().enumerate() {
             validate_id(&format!("lines[{i}].sku"), &line.sku)?;
             validate_id(&format!("lines[{i}].location_id"), &line.location_id)?;
@@ -171,12 +174,32 @@ impl ReservationApi {
                         "a kit needs the all-or-nothing policy (a partial kit cannot ship)",
                     ));
                 }
-                lines.extend(kit_components(i, line)?);
+                let components = kit_components(i, line)?;
+                let mut parts: Vec<String> =
+                    line.components.iter().map(|c| format!("{}*{}", c.sku, c.units_per_kit)).collect();
+                parts.sort(); // components are a set: their order does not make another body
+                kits.push_str(&format!(
+                    "|{}@{}x{}[{}]",
+                    line.sku,
+                    line.location_id,
+                    line.quantity_units,
+                    parts.join(",")
+                ));
+                lines.extend(components);
             }
         }
         let lines = normalise_lines(lines);
         if lines.len() > MAX_LINES {
             return Err(invalid_argument("lines", &format!("must name at most {MAX_LINES} cells with kits expanded")));
+        }
+        if let Some(cell) = lines.iter().find(|l| l.units > MAX_UNITS) {
+            return Err(invalid_argument(
+                "lines",
+                &format!(
+                    "{}@{} sums to {} units, more than {MAX_UNITS}",
+                    cell.cell.sku, cell.cell.location, cell.units
+                ),
+            ));
         }
         let ttl_ms = self.parse_ttl(request.ttl_ms)?;
         Ok(NewReservation {
@@ -186,6 +209,7 @@ impl ReservationApi {
             lines,
             ttl_ms,
             policy,
+            kits,
         })
     }
 

@@ -56,6 +56,10 @@ pub struct NewReservation {
     pub lines: Vec<CellUnits>,
     pub ttl_ms: u64,
     pub policy: ReservePolicy,
+    /// The kit lines as asked for (`kit@loc x kits [component*units,...]`, components sorted),
+    /// part of the body digest so another kit count or kit under the same id is another body;
+    /// empty without kits.
+    pub kits: String,
 }
 
 /// Sums lines naming the same cell, keeping first-seen order.
@@ -79,6 +83,11 @@ impl NewReservation {
         }
         for line in &self.lines {
             text.push_str(&format!("|{}@{}x{}", line.cell.sku, line.cell.location, line.units));
+        }
+        // Without kits the digest is what it always was, so stored answers still replay.
+        if !self.kits.is_empty() {
+            text.push_str("|kits");
+            text.push_str(&self.kits);
         }
         hex::encode(Sha256::digest(text.as_bytes()))
     }
@@ -118,6 +127,7 @@ mod tests {
             lines: vec![CellUnits { cell: Cell::new("A", "L1"), units: 4 }],
             ttl_ms: 1000,
             policy: ReservePolicy::AllOrNothing,
+            kits: String::new(),
         };
         let mut b = a.clone();
         b.lines[0].units = 5;
@@ -125,6 +135,11 @@ mod tests {
         assert_eq!(a.body_hash(), a.clone().body_hash());
         let partial = NewReservation { policy: ReservePolicy::Partial, ..a.clone() };
         assert_ne!(a.body_hash(), partial.body_hash());
+        // The same cells reached through a kit are another body.
+        let kit = NewReservation { kits: "|K@L1x2[A*2]".into(), ..a.clone() };
+        assert_ne!(a.body_hash(), kit.body_hash());
+        // A digest without kits is the one stored before kits existed: sha256 of "o||1000|A@L1x4".
+        assert_eq!(a.body_hash(), "19f1fb00c1094b0bd5012270e0b532e925c71340d1d37fe0d4cba901c32695c6");
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::sync::LazyLock;
 
 use service_kit::metrics::{IntCounter, IntGauge, counter, gauge};
 
-/// Holds the sweeper recorded as EXPIRED.
-pub static HOLDS_EXPIRED: LazyLock<IntCounter> =
-    LazyLock::new(|| counter("inventory_mesh_holds_expired_total", "Holds the sweeper recorded as EXPIRED"));
+/// Holds (reservations, whatever their number of lines) the sweeper recorded as EXPIRED.
+pub static HOLDS_EXPIRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("inventory_mesh_holds_expired_total", "Holds (reservations) the sweeper recorded as EXPIRED")
+});
 
 /// Sweeps that expired more than the mass-expiry share of all holds (MASS_EXPIRY alerts).
 pub static MASS_EXPIRY_ALERTS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -20,7 +21,7 @@ pub static MASS_EXPIRY_ALERTS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static CLOCK_SKEW_MS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "inventory_mesh_counter_store_clock_skew_milliseconds",
-        "The counter store's clock minus this service's clock at the last sweep",
+        "The counter store's clock minus the reservation service's clock at the last sweep",
     )
 });
 

@@ -214,6 +214,7 @@ async fn crash_leftovers_are_settled(backend: Backend) {
             lines: cell_units.clone(),
             ttl_ms: TTL,
             policy: ReservePolicy::AllOrNothing,
+            kits: String::new(),
         };
         assert!(store.claim(&new, now).await.unwrap(), "{id}");
         if slots_held > 0 {

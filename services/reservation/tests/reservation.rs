@@ -155,6 +155,51 @@ backend_tests!(one_request_naming_a_cell_twice_is_summed_b04, |mesh: &TestMesh| 
     assert_eq!(parts(&mesh.cell("B", "L1").await), (50, 0, 35, 15));
 });
 
+/// HTTP/1.1 is for `GET /metrics` only: an RPC sent over HTTP/1.1 (as a web page could send it,
+/// cross-site, with a text/plain POST) is refused before it reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_over_http1_are_refused_and_only_metrics_are_served() {
+    let mesh = TestMesh::start(Backend::Embedded).await;
+    mesh.receive("A", "L1", 5).await;
+    let addr = mesh.addrs[&inventory_mesh::mesh::ServiceKind::Reservation];
+    let request = rv::CreateReservationRequest {
+        reservation_id: "cross-site".into(),
+        lines: vec![line("A", 1)],
+        ttl_ms: TTL,
+        ..Default::default()
+    };
+    let message = prost::Message::encode_to_vec(&request);
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&message);
+    for content_type in ["text/plain", "application/grpc"] {
+        let mut post = format!(
+            "POST /reservation.v1.ReservationService/CreateReservation HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&body);
+        let answer = test_support::http_exchange(addr, &post).await;
+        assert!(answer.starts_with("HTTP/1.1 505"), "{content_type}: {answer}");
+    }
+    let get = format!("GET /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    assert!(test_support::http_exchange(addr, get.as_bytes()).await.starts_with("HTTP/1.1 505"));
+    let head = format!("HEAD /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    assert!(test_support::http_exchange(addr, head.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert!(mesh.metrics().await.contains("inventory_mesh_holds_expired_total 0\n"));
+    // Nothing was reserved, and gRPC (HTTP/2) still works on the same port.
+    let missing = mesh
+        .reservation
+        .clone()
+        .get_reservation(rv::GetReservationRequest { reservation_id: "cross-site".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
+    mesh.stop().await;
+}
+
 /// A kit line: `kits` kits at L1, each made of `components` (sku, units per kit).
 fn kit(sku: &str, kits: i64, components: &[(&str, i64)]) -> rv::ReservationLine {
     rv::ReservationLine {
@@ -220,6 +265,21 @@ backend_tests!(kits_sharing_a_component_are_summed_before_the_check_b04, cluster
     assert_eq!(parts(&mesh.cell("B", "L1").await), (10, 0, 0, 10));
     mesh.confirm("mixed").await.unwrap();
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 5, 0));
+    // The kit is part of the body: the same cells through another kit count, another kit or no kit
+    // are another body under the same id; the same kit with its components in another order is not.
+    mesh.receive("D", "L1", 100).await;
+    reserve_lines(mesh, "q1", vec![kit("KD", 2, &[("D", 3), ("B", 1)])], AllOrNothing).await.unwrap();
+    for other in [
+        vec![kit("KD", 3, &[("D", 2), ("B", 1)])],
+        vec![kit("KO", 2, &[("D", 3), ("B", 1)])],
+        vec![line("D", 6), line("B", 2)],
+    ] {
+        let refused = reserve_lines(mesh, "q1", other, AllOrNothing).await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    }
+    let replay = reserve_lines(mesh, "q1", vec![kit("KD", 2, &[("B", 1), ("D", 3)])], AllOrNothing).await.unwrap();
+    assert_eq!(replay.status, rv::ReservationStatus::Held as i32);
+    assert_eq!(parts(&mesh.cell("D", "L1").await), (100, 6, 0, 94));
     // Bad kits are named and change nothing.
     mesh.receive("C", "L1", 10).await;
     let cases = [
@@ -233,6 +293,14 @@ backend_tests!(kits_sharing_a_component_are_summed_before_the_check_b04, cluster
     for (i, (line, policy, field)) in cases.into_iter().enumerate() {
         test_support::assert_invalid(reserve_lines(mesh, &format!("bad{i}"), vec![line], policy).await, field);
     }
+    // Kits and lines that sum past the per-line maximum in one cell are refused as a whole.
+    let summed = vec![kit("K5", 1_000_000, &[("C", 1_000)]), line("C", 1)];
+    let refused = reserve_lines(mesh, "too-many", summed, AllOrNothing).await;
+    test_support::assert_invalid(refused.as_ref().map(|_| ()).map_err(Clone::clone), "lines");
+    assert!(
+        refused.unwrap_err().message().contains("C@L1 sums to 1000000001 units, more than 1000000000"),
+        "the message names the cell"
+    );
     assert_eq!(parts(&mesh.cell("C", "L1").await), (10, 0, 0, 10));
 });
 

@@ -50,6 +50,7 @@ fn hold(id: &str, sku: &str, ttl_ms: u64) -> NewReservation {
         lines: vec![CellUnits { cell: Cell::new(sku, "L1"), units: 1 }],
         ttl_ms,
         policy: ReservePolicy::AllOrNothing,
+        kits: String::new(),
     }
 }
 
