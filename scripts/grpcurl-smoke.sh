@@ -216,6 +216,16 @@ expect "reservation: GET /metrics serves the sweeper's counters" 'inventory_mesh
 output="$(curl -sS --max-time 10 --http1.1 -o /dev/null -w '%{http_code}' -X POST -H 'content-type: text/plain' \
   --data-binary x "http://${addr[reservation]}/reservation.v1.ReservationService/CreateReservation" 2>&1)" && rc=0 || rc=$?
 expect "reservation: an RPC over HTTP/1.1 gets 505" '505' "$output" "$rc"
+# RPCs are counted by method and code; a method no service has is counted as unknown.
+curl -sS --max-time 10 --http2-prior-knowledge -o /dev/null -H 'content-type: application/grpc' -H 'te: trailers' \
+  --data-binary '' "http://${addr[reservation]}/made.Up/Method" >/dev/null 2>&1 || true
+output="$(curl -sS --max-time 10 "http://${addr[reservation]}/metrics" 2>&1)" && rc=0 || rc=$?
+expect "reservation: /metrics counts CreateReservation OK" \
+  'inventory_mesh_grpc_server_handled_total{grpc_code="OK",grpc_method="CreateReservation",grpc_service="reservation.v1.ReservationService"} 1' \
+  "$output" "$rc"
+expect "reservation: /metrics counts an unknown method as unknown" \
+  'inventory_mesh_grpc_server_handled_total{grpc_code="Unimplemented",grpc_method="unknown",grpc_service="unknown"} 1' \
+  "$output" "$rc"
 
 # --- graceful shutdown on SIGTERM --------------------------------------------------------------
 kill -TERM "$mesh_pid"

@@ -52,7 +52,8 @@ impl CallRecorder {
     }
 }
 
-/// Tower layer opening one span per RPC, parented on the caller's trace context.
+/// Tower layer opening one span per RPC, parented on the caller's trace context, and counting
+/// and timing each RPC for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer {
     recorder: Option<CallRecorder>,
@@ -130,7 +131,26 @@ where
         // The ready service is the one poll_ready prepared; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(ready.call(request).instrument(span))
+        if path == crate::metrics::PATH {
+            return Box::pin(ready.call(request).instrument(span));
+        }
+        let started = std::time::Instant::now();
+        let answer = ready.call(request).instrument(span);
+        Box::pin(async move {
+            let result = answer.await;
+            if let Ok(response) = &result {
+                // An error travels as a trailers-only answer (grpc-status in the headers); a success
+                // sends its status in the trailers, after the body.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0);
+                crate::metrics::observe_rpc(&path, code, started.elapsed());
+            }
+            result
+        })
     }
 }
 

@@ -200,6 +200,34 @@ async fn rpcs_over_http1_are_refused_and_only_metrics_are_served() {
     mesh.stop().await;
 }
 
+/// Every RPC is counted by method and status code, and timed, on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_is_counted_by_method_and_code_and_timed() {
+    let mesh = TestMesh::start(Backend::Embedded).await;
+    mesh.receive("A", "L1", 5).await;
+    mesh.reserve("ok-1", &[("A", "L1", 1)], TTL).await.unwrap();
+    mesh.reserve("ok-2", &[("A", "L1", 1)], TTL).await.unwrap();
+    let refused = mesh.reserve("too-many", &[("A", "L1", 9)], TTL).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    test_support::assert_invalid(mesh.reserve("", &[("A", "L1", 1)], TTL).await, "reservation_id");
+    let text = mesh.metrics().await;
+    let sample = |code: &str| {
+        let labels = format!(
+            r#"{{grpc_code="{code}",grpc_method="CreateReservation",grpc_service="reservation.v1.ReservationService"}}"#
+        );
+        test_support::metric(&text, &format!("inventory_mesh_grpc_server_handled_total{labels}"))
+    };
+    assert_eq!(
+        (sample("OK"), sample("FailedPrecondition"), sample("InvalidArgument")),
+        (Some(2.0), Some(1.0), Some(1.0))
+    );
+    let timed = r#"inventory_mesh_grpc_server_handling_seconds_count{grpc_method="CreateReservation",grpc_service="reservation.v1.ReservationService"}"#;
+    assert_eq!(test_support::metric(&text, timed), Some(4.0));
+    // The scrape itself is not an RPC.
+    assert!(!text.contains("grpc_method=\"metrics\""), "{text}");
+    mesh.stop().await;
+}
+
 /// A kit line: `kits` kits at L1, each made of `components` (sku, units per kit).
 fn kit(sku: &str, kits: i64, components: &[(&str, i64)]) -> rv::ReservationLine {
     rv::ReservationLine {
