@@ -244,6 +244,8 @@ fn redact(url: &str) -> String {
 
 async fn serve(settings: Settings, kinds: &[ServiceKind], print_help: bool) -> anyhow::Result<ExitCode> {
     let telemetry = service_kit::telemetry::init("inventory-mesh", &settings.telemetry);
+    // Refused before anything is opened or bound (no SQLite file is left behind).
+    mesh::check_counters_shared(&settings, kinds)?;
     let db = service_kit::db::connect(&settings.database)
         .await
         .with_context(|| format!("cannot open the database {}", redact(&settings.database.url)))?;

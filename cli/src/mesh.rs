@@ -124,6 +124,23 @@ impl RunningMesh {
     }
 }
 
+/// Refuses a set of services that would each need the one in-process counter engine from another
+/// process (availability or reservation alone on the embedded default).
+///
+/// # Errors
+/// The services need shared counters and the embedded engine cannot be shared.
+pub fn check_counters_shared(settings: &Settings, kinds: &[ServiceKind]) -> anyhow::Result<()> {
+    if settings.is_embedded_engine()
+        && kinds.iter().any(|k| k.needs_counters())
+        && !(kinds.contains(&ServiceKind::Availability) && kinds.contains(&ServiceKind::Reservation))
+    {
+        anyhow::bail!(
+            "the embedded counter engine lives in one process: run availability and reservation together (`inventory-mesh run`) or set REDIS_URL"
+        );
+    }
+    Ok(())
+}
+
 /// Starts `services` on the given listeners (bind them first: port 0 is fine).
 ///
 /// # Errors
@@ -151,14 +168,7 @@ pub async fn start(
         }
     }
     let needs_counters = kinds.iter().any(|k| k.needs_counters());
-    if settings.is_embedded_engine()
-        && needs_counters
-        && !(kinds.contains(&ServiceKind::Availability) && kinds.contains(&ServiceKind::Reservation))
-    {
-        anyhow::bail!(
-            "the embedded counter engine lives in one process: run availability and reservation together (`inventory-mesh run`) or set REDIS_URL"
-        );
-    }
+    check_counters_shared(&settings, &kinds)?;
     let engine = match engine {
         Some(engine) => Some(engine),
         None if needs_counters => {

@@ -149,3 +149,28 @@ async fn the_flash_sale_tool_prints_its_json_last_and_reconcile_lists_a_differen
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: ReconcileCounters: Unavailable"), "{stderr}");
 }
+
+#[test]
+fn a_counter_service_alone_on_the_embedded_default_is_refused_before_anything_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    for service in ["availability", "reservation"] {
+        let output = Command::new(BINARY)
+            .args(["serve", service])
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("MESH__RESERVATION__LISTEN_ADDR", "127.0.0.1:0")
+            .env("MESH__AVAILABILITY__LISTEN_ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{service}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr).trim(),
+            "error: the embedded counter engine lives in one process: run availability and reservation together \
+             (`inventory-mesh run`) or set REDIS_URL",
+            "{service}"
+        );
+        // No SQLite file (or data/ folder) was left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{service}");
+    }
+}
