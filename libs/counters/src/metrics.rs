@@ -2,21 +2,16 @@
 //! every gRPC port by `service-kit`).
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, register_int_counter_vec};
 
 static SCRIPT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "inventory_mesh_script_reloads_total",
-            "Script calls that met NOSCRIPT (restart, SCRIPT FLUSH, failover, moved slot) and were \
-             loaded and sent again",
-        ),
-        &["script"],
+    register_int_counter_vec!(
+        "inventory_mesh_script_reloads_total",
+        "Script calls that met NOSCRIPT (restart, SCRIPT FLUSH, failover, moved slot) and were loaded and \
+         sent again",
+        &["script"]
     )
-    .expect("a valid metric definition");
-    // Registering twice (never done) is the only failure; the counter still counts.
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
+    .expect("registered once, from this LazyLock")
 });
 
 /// Registers the metrics with a zero series per script (a Redis engine calls it when it connects,

@@ -141,12 +141,7 @@ where
             if let Ok(response) = &result {
                 // An error travels as a trailers-only answer (grpc-status in the headers); a success
                 // sends its status in the trailers, after the body.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .unwrap_or(0);
+                let code = tonic::Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |s| s.code());
                 crate::metrics::observe_rpc(&path, code, started.elapsed());
             }
             result

@@ -5,7 +5,10 @@
 use std::{sync::LazyLock, time::Duration};
 
 use axum::{http::header::CONTENT_TYPE, response::IntoResponse};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{
+    HistogramVec, IntCounterVec, histogram_opts, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge,
+};
 pub use prometheus::{IntCounter, IntGauge};
 
 /// The path the metrics are served at.
@@ -28,48 +31,43 @@ pub(crate) async fn handler() -> impl IntoResponse {
 /// A counter in the process registry (call once per name, from a `LazyLock`).
 ///
 /// # Panics
-/// The name is not a valid metric name (a programming error).
+/// The name is invalid or already registered (a programming error).
 pub fn counter(name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("a valid metric name");
-    // Registering a name twice is the only failure left; the counter still counts.
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
+    register_int_counter!(name, help).expect("a valid name, registered once")
 }
 
 /// A gauge in the process registry (call once per name, from a `LazyLock`).
 ///
 /// # Panics
-/// The name is not a valid metric name (a programming error).
+/// The name is invalid or already registered (a programming error).
 pub fn gauge(name: &str, help: &str) -> IntGauge {
-    let gauge = IntGauge::new(name, help).expect("a valid metric name");
-    let _ = prometheus::register(Box::new(gauge.clone()));
-    gauge
+    register_int_gauge!(name, help).expect("a valid name, registered once")
 }
 
 static RPCS_HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let counter = IntCounterVec::new(
-        Opts::new("inventory_mesh_grpc_server_handled_total", "RPCs answered, by method and gRPC status code"),
-        &["grpc_service", "grpc_method", "grpc_code"],
+    register_int_counter_vec!(
+        "inventory_mesh_grpc_server_handled_total",
+        "RPCs answered, by method and gRPC status code",
+        &["grpc_service", "grpc_method", "grpc_code"]
     )
-    .expect("a valid metric definition");
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
+    .expect("registered once, from this LazyLock")
 });
 
 static RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let opts = HistogramOpts::new(
-        "inventory_mesh_grpc_server_handling_seconds",
-        "Time from an RPC's arrival to its response headers (for a stream: until it opens)",
+    register_histogram_vec!(
+        histogram_opts!(
+            "inventory_mesh_grpc_server_handling_seconds",
+            "Time from an RPC's arrival to its response headers (for a stream: until it opens)",
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        ),
+        &["grpc_service", "grpc_method"]
     )
-    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
-    let histogram = HistogramVec::new(opts, &["grpc_service", "grpc_method"]).expect("a valid metric definition");
-    let _ = prometheus::register(Box::new(histogram.clone()));
-    histogram
+    .expect("registered once, from this LazyLock")
 });
 
 /// The name Prometheus exporters of gRPC give a status code (`OK`, `InvalidArgument`, ...).
-fn code_name(code: i32) -> String {
-    match tonic::Code::from_i32(code) {
+fn code_name(code: tonic::Code) -> String {
+    match code {
         tonic::Code::Ok => "OK".to_owned(),
         other => format!("{other:?}"),
     }
@@ -77,9 +75,9 @@ fn code_name(code: i32) -> String {
 
 /// Records one answered RPC. `path` is `/package.Service/Method`; a path no service has
 /// (UNIMPLEMENTED) is recorded as `unknown`, so callers cannot grow the label set.
-pub(crate) fn observe_rpc(path: &str, code: i32, elapsed: Duration) {
+pub(crate) fn observe_rpc(path: &str, code: tonic::Code, elapsed: Duration) {
     let (service, method) = match path.trim_start_matches('/').split_once('/') {
-        Some(parts) if code != tonic::Code::Unimplemented as i32 => parts,
+        Some(parts) if code != tonic::Code::Unimplemented => parts,
         _ => ("unknown", "unknown"),
     };
     RPCS_HANDLED.with_label_values(&[service, method, &code_name(code)]).inc();

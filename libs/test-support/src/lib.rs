@@ -207,10 +207,15 @@ impl TestMesh {
         }
     }
 
-    /// The reservation as GetReservation returns it.
-    pub async fn record(&self, id: &str) -> rv::Reservation {
+    /// GetReservation's answer.
+    pub async fn get(&self, id: &str) -> Result<rv::Reservation, tonic::Status> {
         let request = rv::GetReservationRequest { reservation_id: id.into() };
-        self.reservation.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
+        self.reservation.clone().get_reservation(request).await.map(|r| r.into_inner().reservation.unwrap())
+    }
+
+    /// The reservation as GetReservation returns it (panics when there is none).
+    pub async fn record(&self, id: &str) -> rv::Reservation {
+        self.get(id).await.unwrap()
     }
 
     /// `GET /metrics` on the reservation port, as Prometheus scrapes it.

@@ -27,9 +27,10 @@ const MAX_UNITS_PER_KIT: i64 = 1_000;
 /// Most components one kit may have.
 const MAX_KIT_COMPONENTS: usize = 50;
 
-/// The component cells of kit line `i`: quantity × units_per_kit of each component at the line's
-/// location, in SKU order.
-fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<Vec<CellUnits>, GrpcStatus> {
+/// The component cells of kit line `i` (quantity × units_per_kit of each component at the line's
+/// location, in SKU order) and the kit as it goes into the request digest
+/// (`|kit@loc x kits [component*units_per_kit,...]`).
+fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<(Vec<CellUnits>, String), GrpcStatus> {
     if line.components.len() > MAX_KIT_COMPONENTS {
         return Err(invalid_argument(
             &format!("lines[{i}].components"),
@@ -63,7 +64,10 @@ fn kit_components(i: usize, line: &pb::ReservationLine) -> Result<Vec<CellUnits>
     }
     // Components are a set: in SKU order, the same kit is the same body whatever order it lists them.
     cells.sort_by(|a, b| a.cell.sku.cmp(&b.cell.sku));
-    Ok(cells)
+    let parts: Vec<String> =
+        cells.iter().map(|c| format!("{}*{}", c.cell.sku, c.units / line.quantity_units)).collect();
+    let digest = format!("|{}@{}x{}[{}]", line.sku, line.location_id, line.quantity_units, parts.join(","));
+    Ok((cells, digest))
 }
 
 /// The reservation service.
@@ -174,17 +178,8 @@ impl ReservationApi {
                         "a kit needs the all-or-nothing policy (a partial kit cannot ship)",
                     ));
                 }
-                let components = kit_components(i, line)?;
-                let mut parts: Vec<String> =
-                    line.components.iter().map(|c| format!("{}*{}", c.sku, c.units_per_kit)).collect();
-                parts.sort(); // components are a set: their order does not make another body
-                kits.push_str(&format!(
-                    "|{}@{}x{}[{}]",
-                    line.sku,
-                    line.location_id,
-                    line.quantity_units,
-                    parts.join(",")
-                ));
+                let (components, digest) = kit_components(i, line)?;
+                kits.push_str(&digest);
                 lines.extend(components);
             }
         }

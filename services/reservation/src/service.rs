@@ -622,9 +622,10 @@ impl Reservations {
             if due.is_empty() {
                 break;
             }
-            let after = (due.len() == SWEEP_BATCH as usize).then(|| due.last().map(|(id, e, _)| (*e, id.clone())));
+            // A full batch may have more behind it: read on from its last (deadline, id).
+            let after = due.last().filter(|_| due.len() == SWEEP_BATCH as usize).map(|(id, e, _)| (*e, id.clone()));
             let next = async {
-                match after.flatten() {
+                match after {
                     Some(after) => self.store.held_past_deadline_with_lines(store_now, Some(after), SWEEP_BATCH).await,
                     None => Ok(Vec::new()),
                 }
@@ -636,15 +637,17 @@ impl Reservations {
         // The share of every hold the mesh had (all SKUs), not only of those on the SKUs that
         // had holds due: a batch of same-TTL holds ending together is normal, all of them is not.
         // The SKUs the sweep looked at decide first (free), the count of every hold only then.
-        let mut ratio = sweep.expired as f64 / (sweep.expired + live_on_swept_skus).max(1) as f64;
+        let expired = sweep.expired;
+        let mass = |still_held: usize| {
+            expired >= 10 && expired as f64 / (expired + still_held).max(1) as f64 > self.mass_expiry_ratio
+        };
         let mut still_held = live_on_swept_skus;
-        if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
+        if mass(still_held) {
             still_held = self.store.count_held().await?;
-            ratio = sweep.expired as f64 / (sweep.expired + still_held).max(1) as f64;
         }
-        metrics::HOLDS_EXPIRED.inc_by(sweep.expired as u64);
+        metrics::HOLDS_EXPIRED.inc_by(expired as u64);
         metrics::CLOCK_SKEW_MS.set(sweep.clock_skew_ms);
-        if sweep.expired >= 10 && ratio > self.mass_expiry_ratio {
+        if mass(still_held) {
             sweep.mass_expiry = true;
             metrics::MASS_EXPIRY_ALERTS.inc();
             tracing::error!(
@@ -663,51 +666,48 @@ impl Reservations {
     /// have on the batch's SKUs.
     async fn settle_due(&self, due: Vec<(String, i64, Vec<Cell>)>, sweep: &mut Sweep) -> ReservationResult<usize> {
         let mut live_on_skus = 0;
-        if !due.is_empty() {
-            let mut skus: Vec<String> =
-                due.iter().flat_map(|(_, _, cells)| cells.iter().map(|c| c.sku.clone())).collect();
-            skus.sort();
-            skus.dedup();
-            let mut live: HashSet<(String, Cell)> = HashSet::new();
-            let mut committed: HashSet<(String, Cell)> = HashSet::new();
-            for chunk in skus.chunks(200) {
-                for snapshot in self.engine.snapshot(chunk).await? {
-                    live_on_skus += snapshot.holds.len();
-                    for hold in snapshot.holds {
-                        live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
-                    }
-                    for commitment in snapshot.commitments {
-                        committed.insert((commitment.reservation_id, Cell::new(&snapshot.sku, commitment.location)));
-                    }
+        let mut skus: Vec<String> = due.iter().flat_map(|(_, _, cells)| cells.iter().map(|c| c.sku.clone())).collect();
+        skus.sort();
+        skus.dedup();
+        let mut live: HashSet<(String, Cell)> = HashSet::new();
+        let mut committed: HashSet<(String, Cell)> = HashSet::new();
+        for chunk in skus.chunks(200) {
+            for snapshot in self.engine.snapshot(chunk).await? {
+                live_on_skus += snapshot.holds.len();
+                for hold in snapshot.holds {
+                    live.insert((hold.reservation_id, Cell::new(&snapshot.sku, hold.location)));
+                }
+                for commitment in snapshot.commitments {
+                    committed.insert((commitment.reservation_id, Cell::new(&snapshot.sku, commitment.location)));
                 }
             }
-            let mut expired = Vec::new();
-            for (reservation_id, _, cells) in &due {
-                let key = |c: &Cell| (reservation_id.clone(), c.clone());
-                let live_now = cells.iter().any(|c| live.contains(&key(c)));
-                let any_committed = cells.iter().any(|c| committed.contains(&key(c)));
-                if !live_now && !any_committed {
-                    expired.push(reservation_id.clone()); // the common case, settled in one batch
-                    continue;
-                }
-                // Live (extended, or the counters' clock is behind ours), or committed (a confirm
-                // in flight, crashed or half done): decide from a fresh look, one by one.
-                let state = self.engine.hold_state(reservation_id, cells).await?;
-                if state.live_cells() > 0 && state.committed_cells() == 0 {
-                    self.store.set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up").await?;
-                    continue;
-                }
-                let Some(reservation) = self.store.get(reservation_id).await? else { continue };
-                match self.settle_ended_hold(&reservation, "expired").await? {
-                    Status::Confirmed => sweep.recovered += 1,
-                    _ => sweep.expired += 1,
-                }
-            }
-            // In four statements at once: PostgreSQL spreads them over its cores.
-            let chunk = expired.len().div_ceil(4).max(1);
-            let moved = futures::future::try_join_all(expired.chunks(chunk).map(|c| self.store.expire_many(c))).await?;
-            sweep.expired += moved.iter().sum::<usize>();
         }
+        let mut expired = Vec::new();
+        for (reservation_id, _, cells) in &due {
+            let key = |c: &Cell| (reservation_id.clone(), c.clone());
+            let live_now = cells.iter().any(|c| live.contains(&key(c)));
+            let any_committed = cells.iter().any(|c| committed.contains(&key(c)));
+            if !live_now && !any_committed {
+                expired.push(reservation_id.clone()); // the common case, settled in one batch
+                continue;
+            }
+            // Live (extended, or the counters' clock is behind ours), or committed (a confirm
+            // in flight, crashed or half done): decide from a fresh look, one by one.
+            let state = self.engine.hold_state(reservation_id, cells).await?;
+            if state.live_cells() > 0 && state.committed_cells() == 0 {
+                self.store.set_deadline(reservation_id, state.earliest_deadline_ms(), "deadline caught up").await?;
+                continue;
+            }
+            let Some(reservation) = self.store.get(reservation_id).await? else { continue };
+            match self.settle_ended_hold(&reservation, "expired").await? {
+                Status::Confirmed => sweep.recovered += 1,
+                _ => sweep.expired += 1,
+            }
+        }
+        // In four statements at once: PostgreSQL spreads them over its cores.
+        let chunk = expired.len().div_ceil(4).max(1);
+        let moved = futures::future::try_join_all(expired.chunks(chunk).map(|c| self.store.expire_many(c))).await?;
+        sweep.expired += moved.iter().sum::<usize>();
         Ok(live_on_skus)
     }
 

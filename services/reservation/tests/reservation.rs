@@ -189,13 +189,7 @@ async fn rpcs_over_http1_are_refused_and_only_metrics_are_served() {
     assert!(test_support::http_exchange(addr, head.as_bytes()).await.starts_with("HTTP/1.1 200"));
     assert!(mesh.metrics().await.contains("inventory_mesh_holds_expired_total 0\n"));
     // Nothing was reserved, and gRPC (HTTP/2) still works on the same port.
-    let missing = mesh
-        .reservation
-        .clone()
-        .get_reservation(rv::GetReservationRequest { reservation_id: "cross-site".into() })
-        .await
-        .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(mesh.get("cross-site").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(parts(&mesh.cell("A", "L1").await), (5, 0, 0, 5));
     mesh.stop().await;
 }
@@ -995,6 +989,21 @@ async fn at_once<T: Send + 'static>(calls: Vec<Call<T>>) -> Vec<T> {
     results
 }
 
+/// A release of one line of `id` at L1, answering the units it gave back.
+fn release_line(mesh: &TestMesh, id: &str, sku: &str) -> Call<Result<i64, tonic::Status>> {
+    let (mut client, id, sku) = (mesh.reservation.clone(), id.to_owned(), sku.to_owned());
+    Box::pin(async move {
+        client
+            .release_reservation(rv::ReleaseReservationRequest {
+                reservation_id: id,
+                reason: 0,
+                lines: vec![rv::LineRef { sku, location_id: "L1".into() }],
+            })
+            .await
+            .map(|r| r.into_inner().released_units)
+    })
+}
+
 backend_tests!(concurrent_releases_of_every_line_end_the_reservation, cluster, |mesh: &TestMesh| async move {
     mesh.receive("A", "L1", 200).await;
     mesh.receive("B", "L1", 200).await;
@@ -1006,24 +1015,7 @@ backend_tests!(concurrent_releases_of_every_line_end_the_reservation, cluster, |
             mesh.confirm(&id).await.unwrap();
         }
         // One call releases line A, the other line B, at the same moment.
-        let calls = ["A", "B"]
-            .map(|sku| {
-                let (mesh_id, sku) = (id.clone(), sku.to_owned());
-                let client = mesh.reservation.clone();
-                Box::pin(async move {
-                    let mut client = client;
-                    client
-                        .release_reservation(rv::ReleaseReservationRequest {
-                            reservation_id: mesh_id,
-                            reason: 0,
-                            lines: vec![rv::LineRef { sku, location_id: "L1".into() }],
-                        })
-                        .await
-                        .map(|r| r.into_inner().released_units)
-                }) as Call<Result<i64, tonic::Status>>
-            })
-            .into_iter()
-            .collect();
+        let calls = vec![release_line(mesh, &id, "A"), release_line(mesh, &id, "B")];
         let released: Vec<i64> = at_once(calls).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(released, vec![2, 3], "round {round}");
         let got = mesh.record(&id).await;
@@ -1043,29 +1035,16 @@ backend_tests!(a_confirm_racing_a_release_of_one_line_confirms_the_rest, cluster
     for round in 0..40 {
         let id = format!("cr{round}");
         mesh.reserve(&id, &[("A", "L1", 1), ("B", "L1", 1)], TTL).await.unwrap();
-        let release = {
-            let (mut client, id) = (mesh.reservation.clone(), id.clone());
-            Box::pin(async move {
-                client
-                    .release_reservation(rv::ReleaseReservationRequest {
-                        reservation_id: id,
-                        reason: 0,
-                        lines: vec![rv::LineRef { sku: "A".into(), location_id: "L1".into() }],
-                    })
-                    .await
-                    .map(|_| ())
-            }) as Call<Result<(), tonic::Status>>
-        };
         let confirm = {
             let (mut client, id) = (mesh.reservation.clone(), id.clone());
             Box::pin(async move {
                 client
                     .confirm_reservation(rv::ConfirmReservationRequest { reservation_id: id, occurred_at: None })
                     .await
-                    .map(|_| ())
-            }) as Call<Result<(), tonic::Status>>
+                    .map(|_| 0_i64)
+            }) as Call<Result<i64, tonic::Status>>
         };
-        let results = at_once(vec![release, confirm]).await;
+        let results = at_once(vec![release_line(mesh, &id, "A"), confirm]).await;
         results[0].as_ref().unwrap_or_else(|e| panic!("round {round}: release {e:?}"));
         // Never HOLD_LOST: the confirm either confirms (B, or both with A then cancelled), or asks
         // for a retry that then confirms.

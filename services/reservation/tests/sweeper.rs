@@ -80,6 +80,14 @@ async fn a_forward_clock_jump_on_the_counter_store_is_reported_and_holds_expire_
     assert_eq!(refused.to_string(), "HOLD_EXPIRED: hold h0 expired");
 }
 
+/// Moves both clocks past 100 ms holds (the service's by waiting, the counter store's by the
+/// manual clock) and sweeps.
+async fn sweep_past_short_deadlines(reservations: &Reservations, clock: &ManualClock) -> reservation::service::Sweep {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance_ms(200);
+    reservations.sweep().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     let clock = Arc::new(ManualClock::new(service_kit::time::now_ms()));
@@ -91,10 +99,7 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     for i in 0..10 {
         reservations.create(&hold(&format!("long{i}"), "A", 600_000)).await.unwrap();
     }
-    // Both clocks move past the short deadlines (the service's by waiting).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    clock.advance_ms(200);
-    let sweep = reservations.sweep().await.unwrap();
+    let sweep = sweep_past_short_deadlines(&reservations, &clock).await;
     assert_eq!((sweep.expired, sweep.mass_expiry), (100, true), "{sweep:?}");
     let counted = || (metrics::HOLDS_EXPIRED.get(), metrics::MASS_EXPIRY_ALERTS.get());
     assert_eq!(counted(), (100, 1));
@@ -106,16 +111,12 @@ async fn a_sweep_that_expires_most_holds_at_once_raises_a_mass_expiry_alert() {
     for i in 0..10 {
         reservations.create(&hold(&format!("batch{i}"), "A", 100)).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    clock.advance_ms(200);
-    let sweep = reservations.sweep().await.unwrap();
+    let sweep = sweep_past_short_deadlines(&reservations, &clock).await;
     assert_eq!((sweep.expired, sweep.mass_expiry), (10, false), "{sweep:?}");
     assert_eq!(counted(), (110, 1));
     // A normal trickle raises nothing.
     reservations.create(&hold("one", "A", 100)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    clock.advance_ms(200);
-    let sweep = reservations.sweep().await.unwrap();
+    let sweep = sweep_past_short_deadlines(&reservations, &clock).await;
     assert_eq!((sweep.expired, sweep.mass_expiry), (1, false), "{sweep:?}");
     assert_eq!(counted(), (111, 1));
 }
